@@ -1,0 +1,101 @@
+"""Loupe's run configuration: the dataclasses of each part, composed, loaded from YAML.
+
+Each part's config lives next to its code; this module only composes them and
+turns files and dicts into them (strictly: an unknown key is an error, not ignored).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from models.encoder import EncoderConfig
+from pipeline.contrastive.pretrain import PretrainConfig
+from pipeline.scoring.config import ScorerConfig
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class LoupeConfig:
+    name: str = "default"
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    # "imagenet-lite0" -> the optional package's file; a path -> that file; None -> from scratch
+    init_weights: str | None = None
+
+
+def shipped_configs() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "config") -> Any:
+    """Build dataclass `cls` from a nested dict; unknown keys raise with their path."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = from_dict(hint, value, f"{where}.{key}")
+        elif _is_tuple(hint) and isinstance(value, list):
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _is_tuple(hint: Any) -> bool:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_tuple(a) for a in typing.get_args(hint))
+    return origin is tuple or hint is tuple
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (lists for tuples) for JSON, YAML and checkpoints."""
+    def conv(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return conv(dataclasses.asdict(cfg))
+
+
+def load_config(name_or_path: str | Path = "default", overrides: dict[str, Any] | None = None) -> LoupeConfig:
+    """A shipped config by name (`default`, `imagenet-lite0`, `smoke`) or a YAML file.
+
+    `overrides` uses dotted keys, e.g. {"pretrain.epochs": 3}.
+    """
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ValueError(f"unknown config {name_or_path!r}; shipped: {shipped_configs()}, or pass a YAML file path")
+    elif not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    data.setdefault("name", path.stem)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return from_dict(LoupeConfig, data, where=str(path))
+
+
+def config_from_dict(data: dict[str, Any]) -> LoupeConfig:
+    return from_dict(LoupeConfig, data)

@@ -1,0 +1,251 @@
+"""Contrastive pretraining of the encoder on unlabeled images of good parts.
+
+Objectives (`PretrainConfig.method`):
+- "simclr":  NT-Xent on globally pooled features of two views.
+- "moco":    MoCo v2: momentum key encoder and a queue of negatives.
+- "densecl": NT-Xent plus a dense InfoNCE over geometrically matched locations,
+             because the scorer reads patch features, not pooled ones.
+The global embedding pools the *deepest tap the scorer uses*, so the loss shapes
+exactly the features the scorer reads (and deeper stages are never computed).
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models.encoder import Encoder, EncoderConfig
+from models.heads import DenseProjectionHead, ProjectionHead
+from pipeline.checkpoint import load_checkpoint, save_atomic
+from pipeline.contrastive.augment import PhotometricConfig, photometric
+from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss
+from pipeline.contrastive.views import ViewConfig, correspondence, render_views, sample_affines
+
+METHODS = ("simclr", "moco", "densecl")
+STATE_FILE = "pretrain_state.pt"  # everything needed to resume
+ENCODER_FILE = "encoder.pt"  # the encoder alone: state_dict + config
+
+
+@dataclass
+class PretrainConfig:
+    method: str = "densecl"
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    temperature: float = 0.2
+    proj_hidden: int = 512
+    proj_dim: int = 128
+    dense_weight: float = 0.5  # densecl: loss = (1 - w) * global + w * dense
+    queue_size: int = 4096  # moco
+    momentum: float = 0.99  # moco key encoder EMA
+    freeze_bn: bool = False  # keep pretrained BatchNorm statistics (fine-tuning)
+    seed: int = 0
+    views: ViewConfig = field(default_factory=ViewConfig)
+    photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"unknown pretraining method {self.method!r}; choose from {METHODS}")
+
+
+@dataclass
+class PretrainResult:
+    encoder_path: Path
+    epochs_run: int
+    seconds: float
+    images_per_second: float
+    losses: list[float]
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder + heads; `embed` returns the global projection and the dense map."""
+
+    def __init__(self, encoder: Encoder, cfg: PretrainConfig) -> None:
+        super().__init__()
+        self.encoder = encoder
+        c = encoder.tap_channels[-1]
+        self.head = ProjectionHead(c, cfg.proj_hidden, cfg.proj_dim)
+        self.dense_head = DenseProjectionHead(c, cfg.proj_hidden, cfg.proj_dim) if cfg.method == "densecl" else None
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: [N, C, h, w] -> (z [N, proj_dim], dense [N, proj_dim, h/s, w/s] or None)."""
+        feat = self.encoder(x)[-1]
+        z = self.head(feat.mean(dim=(2, 3)))
+        return z, (self.dense_head(feat) if self.dense_head is not None else None)
+
+
+def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def _freeze_bn(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+@torch.no_grad()
+def _momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
+    for p_o, p_t in zip(online.parameters(), target.parameters()):
+        p_t.mul_(m).add_(p_o.detach(), alpha=1 - m)
+    for b_o, b_t in zip(online.buffers(), target.buffers()):
+        b_t.copy_(b_o)
+
+
+def save_encoder(encoder: Encoder, path: Path, meta: dict[str, Any]) -> Path:
+    from pipeline.config import to_dict
+
+    return save_atomic({"state_dict": encoder.state_dict(), "config": to_dict(encoder.cfg), **meta}, path)
+
+
+def load_encoder(path: str | Path) -> tuple[Encoder, dict[str, Any]]:
+    """Rebuild an encoder from `encoder.pt` (weights_only)."""
+    from pipeline.config import from_dict
+
+    ckpt = load_checkpoint(path)
+    encoder = Encoder(from_dict(EncoderConfig, ckpt["config"], where=f"{path}:config"))
+    encoder.load_state_dict(ckpt["state_dict"])
+    return encoder, ckpt
+
+
+def pretrain(
+    images: torch.Tensor,
+    encoder: Encoder,
+    cfg: PretrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    meta: dict[str, Any] | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> PretrainResult:
+    """Train `encoder` in place on `images` (uint8 [N, C, S, S]); checkpoint every epoch.
+
+    Writes `out_dir/encoder.pt` (the encoder, loadable alone) and
+    `out_dir/pretrain_state.pt` (encoder, heads, optimizer, RNG, epoch) after every
+    epoch, atomically, so a killed run resumes (`resume=True`) from its last epoch.
+    `epochs == 0` just saves the initial encoder.
+    """
+    from pipeline.config import to_dict
+
+    out_dir = Path(out_dir)
+    device = torch.device(device)
+    meta = dict(meta or {})
+    n = images.shape[0]
+    if n < 2:
+        raise ValueError(f"contrastive pretraining needs at least 2 images, got {n}")
+    batch = min(cfg.batch_size, n)
+    steps_per_epoch = max(1, n // batch)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    torch.manual_seed(cfg.seed)  # head initialisation
+    model = ContrastiveModel(encoder, cfg).to(device)
+    key_model = copy.deepcopy(model).requires_grad_(False) if cfg.method == "moco" else None
+    queue = F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim, generator=torch.Generator().manual_seed(cfg.seed)), dim=1).to(device)
+    queue_ptr = 0
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    ntxent, infonce, dense_loss = NTXentLoss(cfg.temperature), InfoNCEQueueLoss(cfg.temperature), DenseInfoNCELoss(cfg.temperature)
+
+    start_epoch, losses, seconds, seen = 0, [], 0.0, 0
+    state_path = out_dir / STATE_FILE
+    config_dict = to_dict(cfg)
+    if resume and state_path.is_file():
+        st = load_checkpoint(state_path)
+        if st["config"] != config_dict:
+            raise ValueError(f"{state_path} was written with another pretraining config; use a new --out folder or drop --resume")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        g.set_state(st["generator"])
+        if key_model is not None:
+            key_model.load_state_dict(st["key_model"])
+            queue, queue_ptr = st["queue"].to(device), int(st["queue_ptr"])
+        start_epoch, losses, seconds, seen = st["epoch"], list(st["losses"]), float(st["seconds"]), int(st["seen"])
+
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    images = images.to(device)
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        if cfg.freeze_bn:
+            _freeze_bn(model.encoder)
+        perm = torch.randperm(n, generator=g)
+        t0, epoch_loss = time.perf_counter(), 0.0
+        bar = tqdm(range(steps_per_epoch), desc=f"pretrain {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+        for i in bar:
+            step = epoch * steps_per_epoch + i
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total_steps, warmup, cfg.lr)
+            x = images[perm[i * batch : (i + 1) * batch]].float() / 255.0  # [B, C, S, S]
+            theta0 = sample_affines(x.shape[0], cfg.views, g)
+            theta1 = sample_affines(x.shape[0], cfg.views, g, centers=theta0[:, :, 2])
+            v0 = photometric(render_views(x, theta0.to(device), cfg.views.crop_size), cfg.photometric, g)
+            v1 = photometric(render_views(x, theta1.to(device), cfg.views.crop_size), cfg.photometric, g)
+            loss = _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if key_model is not None:
+                _momentum_update(model, key_model, cfg.momentum)
+                with torch.no_grad():
+                    keys = F.normalize(key_model.embed(v1)[0], dim=1)
+                queue, queue_ptr = _enqueue(queue, queue_ptr, keys)
+            epoch_loss += loss.item()
+            seen += x.shape[0]
+            bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * batch / (time.perf_counter() - t0):.1f}")
+        seconds += time.perf_counter() - t0
+        losses.append(epoch_loss / steps_per_epoch)
+        save_encoder(model.encoder, out_dir / ENCODER_FILE, {**meta, "epochs": epoch + 1, "pretrain": config_dict})
+        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": g.get_state(),
+                 "epoch": epoch + 1, "losses": losses, "seconds": seconds, "seen": seen, "config": config_dict,
+                 "queue": queue.cpu(), "queue_ptr": queue_ptr}
+        if key_model is not None:
+            state["key_model"] = key_model.state_dict()
+        save_atomic(state, state_path)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, losses[-1])
+    if cfg.epochs == 0 or not (out_dir / ENCODER_FILE).is_file():
+        save_encoder(model.encoder, out_dir / ENCODER_FILE, {**meta, "epochs": 0, "pretrain": config_dict})
+    model.encoder.eval()
+    return PretrainResult(out_dir / ENCODER_FILE, cfg.epochs - start_epoch, seconds, seen / seconds if seconds else 0.0, losses)
+
+
+def _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss) -> torch.Tensor:
+    """The configured objective on one batch of view pairs (symmetric in the two views)."""
+    z0, d0 = model.embed(v0)
+    z1, d1 = model.embed(v1)
+    if cfg.method == "moco":
+        with torch.no_grad():
+            k0, k1 = key_model.embed(v0)[0], key_model.embed(v1)[0]
+        return 0.5 * (infonce(z0, k1, queue) + infonce(z1, k0, queue))
+    loss = ntxent(z0, z1)
+    if cfg.method == "densecl":
+        h, w = d0.shape[-2:]
+        grid01, valid01 = correspondence(theta0, theta1, h, w)
+        grid10, valid10 = correspondence(theta1, theta0, h, w)
+        k01 = F.grid_sample(d1, grid01.to(d1.device), mode="bilinear", align_corners=False)
+        k10 = F.grid_sample(d0, grid10.to(d0.device), mode="bilinear", align_corners=False)
+        dense = 0.5 * (dense_loss(d0, k01, valid01.to(d0.device), g) + dense_loss(d1, k10, valid10.to(d1.device), g))
+        loss = (1 - cfg.dense_weight) * loss + cfg.dense_weight * dense
+    return loss
+
+
+def _enqueue(queue: torch.Tensor, ptr: int, keys: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Ring-buffer write of keys [B, D] into queue [K, D]."""
+    k = queue.shape[0]
+    idx = (torch.arange(keys.shape[0]) + ptr) % k
+    queue = queue.clone()
+    queue[idx.to(queue.device)] = keys
+    return queue, int((ptr + keys.shape[0]) % k)

@@ -1,0 +1,30 @@
+"""Scorer configuration (PatchCore-style patch nearest-neighbour scoring)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCORE_REDUCTIONS = ("max", "topk")
+
+
+@dataclass
+class ScorerConfig:
+    image_size: int = 256  # frames are resized to this square size inside the model
+    agg_kernel: int = 3  # local neighbourhood averaging of patch features (PatchCore)
+    feature_dim: int | None = None  # average groups of channels down to this many dims; None keeps all
+    coreset_ratio: float = 0.01  # fraction of training patches kept in the memory bank
+    max_bank: int = 16384  # upper bound on memory-bank rows (latency and memory)
+    coreset_proj_dim: int = 64  # random projection used only to *select* the coreset
+    coreset_chunk: int = 100_000  # greedy k-center runs per chunk of this many patches
+    knn_chunk: int = 4096  # memory-bank rows per matmul in the nearest-neighbour search
+    blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
+    score_reduce: str = "max"  # image score = map max, or mean of the top `topk_fraction` pixels
+    topk_fraction: float = 0.01
+    holdout_fraction: float = 0.1  # good training images held out of the bank to calibrate the threshold
+    target_false_alarm_rate: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.score_reduce not in SCORE_REDUCTIONS:
+            raise ValueError(f"score_reduce must be one of {SCORE_REDUCTIONS}, got {self.score_reduce!r}")
+        if not 0 < self.coreset_ratio <= 1:
+            raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")

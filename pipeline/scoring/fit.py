@@ -1,0 +1,119 @@
+"""Fit the scorer on good images: memory bank, coreset, threshold calibration."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.encoder import Encoder, EncoderConfig
+from pipeline.checkpoint import load_checkpoint, save_atomic
+from pipeline.metrics import calibrate_threshold
+from pipeline.scoring.config import ScorerConfig
+from pipeline.scoring.coreset import greedy_coreset
+from pipeline.scoring.inspector import Inspector
+
+INSPECTOR_FILE = "inspector.pt"
+
+
+@dataclass
+class FitResult:
+    inspector: Inspector
+    n_patches: int  # training patches before the coreset
+    bank_size: int
+    n_bank_images: int
+    n_holdout_images: int
+    threshold_raw: float
+    holdout_scores: list[float]  # raw image scores of the held-out good images
+    feature_seconds: float
+    coreset_seconds: float
+    seconds: float
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def extract_patch_features(inspector: Inspector, images: torch.Tensor, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
+    """images uint8 [N, C, S, S] -> patch features [N * h * w, D]."""
+    out = []
+    for sl in tqdm(_batches(images.shape[0], batch_size), desc="features", disable=not progress, leave=False):
+        f = inspector.features(images[sl].float() / 255.0)  # [n, D, h, w]
+        out.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def raw_maps(inspector: Inspector, images: torch.Tensor, batch_size: int = 8, progress: bool = False) -> torch.Tensor:
+    """images uint8 [N, C, S, S] -> unnormalized maps [N, S, S]."""
+    out = [inspector.raw_map(images[sl].float() / 255.0)
+           for sl in tqdm(_batches(images.shape[0], batch_size), desc="scoring", disable=not progress, leave=False)]
+    return torch.cat(out)
+
+
+def split_holdout(n: int, fraction: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded split of n good images into (bank indices, holdout indices).
+
+    At least one image goes each way when n >= 2; with n == 1 the single image
+    serves both (the threshold is then only a lower bound: warn upstream).
+    """
+    perm = torch.randperm(n, generator=generator)
+    if n == 1:
+        return perm, perm
+    k = min(n - 1, max(1, round(fraction * n)))
+    return perm[k:].sort().values, perm[:k].sort().values
+
+
+def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, progress: bool = True) -> FitResult:
+    """Build a calibrated `Inspector` from good images uint8 [N, C, S, S].
+
+    Bank images give the memory bank (coreset of their patch features); held-out
+    good images give the false-alarm threshold (no defect labels needed).
+    """
+    if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
+        raise ValueError(f"fit expects images resized to {cfg.image_size}, got {tuple(images.shape[-2:])}")
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(cfg.seed)
+    encoder.eval()
+    bank_idx, hold_idx = split_holdout(images.shape[0], cfg.holdout_fraction, g)
+    probe = Inspector(encoder, cfg, bank_size=1).eval()
+    feats = extract_patch_features(probe, images[bank_idx], progress=progress)
+    t_feat = time.perf_counter() - t0
+    n_patches = feats.shape[0]
+    n_select = min(cfg.max_bank, feats.shape[0], max(1, math.ceil(cfg.coreset_ratio * feats.shape[0])))
+    t1 = time.perf_counter()
+    sel = greedy_coreset(feats, n_select, generator=g, proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk)
+    t_core = time.perf_counter() - t1
+    inspector = Inspector(encoder, cfg, bank_size=n_select).eval()
+    inspector.set_bank(feats[sel])
+    del feats
+    maps = raw_maps(inspector, images[hold_idx], progress=progress)
+    scores = inspector.reduce(maps).numpy()
+    thr = calibrate_threshold(scores.astype(np.float64), cfg.target_false_alarm_rate)
+    inspector.set_threshold(float(thr), float(maps.mean()))
+    return FitResult(inspector, n_patches, n_select, len(bank_idx), len(hold_idx), float(thr), scores.tolist(), t_feat, t_core, time.perf_counter() - t0)
+
+
+def save_inspector(inspector: Inspector, path: str | Path, meta: dict[str, Any]) -> Path:
+    from pipeline.config import to_dict
+
+    return save_atomic({"state_dict": inspector.state_dict(), "encoder_config": to_dict(inspector.encoder.cfg),
+                        "scorer_config": to_dict(inspector.cfg), "bank_size": int(inspector.memory_bank.shape[0]),
+                        "meta": meta}, path)
+
+
+def load_inspector(path: str | Path) -> tuple[Inspector, dict[str, Any]]:
+    """Rebuild an `Inspector` from `inspector.pt` (weights_only); returns (inspector, meta)."""
+    from pipeline.config import from_dict
+
+    ckpt = load_checkpoint(path)
+    encoder = Encoder(from_dict(EncoderConfig, ckpt["encoder_config"], where=f"{path}:encoder_config"))
+    inspector = Inspector(encoder, from_dict(ScorerConfig, ckpt["scorer_config"], where=f"{path}:scorer_config"), ckpt["bank_size"])
+    inspector.load_state_dict(ckpt["state_dict"])
+    return inspector.eval(), ckpt["meta"]

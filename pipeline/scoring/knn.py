@@ -1,0 +1,22 @@
+"""Nearest-neighbour distance by chunked matmul (export-friendly, bounded memory).
+
+||q - b||^2 = ||q||^2 - 2 q.b + ||b||^2 turns the search into GEMMs, which every
+runtime (ONNX Runtime, TensorRT) runs fast; chunking the bank bounds the
+[queries x bank] distance block, so a 200k-row bank never needs a 200k-wide matrix.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
+    """queries [M, D], bank [B, D] (bank_sq [B] = ||bank||^2, optional) -> distance to the nearest bank row [M]."""
+    if bank_sq is None:
+        bank_sq = (bank * bank).sum(dim=1)
+    q_sq = (queries * queries).sum(dim=1, keepdim=True)  # [M, 1]
+    best = None
+    for s in range(0, bank.shape[0], chunk):
+        d = q_sq - 2 * queries @ bank[s : s + chunk].T + bank_sq[s : s + chunk]  # [M, chunk]
+        m = d.min(dim=1).values
+        best = m if best is None else torch.minimum(best, m)
+    return best.clamp_min(0).sqrt()

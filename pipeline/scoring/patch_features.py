@@ -1,0 +1,41 @@
+"""Patch features from encoder taps: local averaging, common resolution, concat."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class PatchFeatures(nn.Module):
+    """Encoder taps -> one feature vector per patch of the shallowest tap's grid.
+
+    Each tap is averaged over a k x k neighbourhood (a patch "sees" its
+    surroundings, which makes features robust to small misalignment), deeper taps
+    are upsampled to the shallowest tap's grid, and all are concatenated.
+    """
+
+    def __init__(self, tap_channels: list[int], agg_kernel: int = 3, feature_dim: int | None = None) -> None:
+        super().__init__()
+        self.agg_kernel = agg_kernel
+        total = sum(tap_channels)
+        if feature_dim is not None and total % feature_dim:
+            raise ValueError(f"feature_dim {feature_dim} must divide the tap channel total {total}")
+        self.group = 1 if feature_dim is None else total // feature_dim
+        self.dim = total // self.group
+
+    def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
+        """taps: [N, C_t, h_t, w_t] each -> [N, D, h, w] (h, w of the first tap)."""
+        h, w = taps[0].shape[-2:]
+        k = self.agg_kernel
+        feats = []
+        for t in taps:
+            if k > 1:
+                t = F.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=False)
+            if t.shape[-2:] != (h, w):
+                t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
+            feats.append(t)
+        x = torch.cat(feats, dim=1)
+        if self.group > 1:  # average adjacent channels: cheaper search, little loss (PatchCore)
+            n, d = x.shape[:2]
+            x = x.reshape(n, d // self.group, self.group, h, w).mean(dim=2)
+        return x

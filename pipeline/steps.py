@@ -1,0 +1,237 @@
+"""The pipeline's steps on disk: pretrain -> fit -> evaluate, and the quality benchmark.
+
+Each step reads and writes a run folder, so the CLI and the Prefect flows (which
+pass paths, not tensors) are thin callers:
+
+    RUN_DIR/config.yaml        resolved config of the run
+    RUN_DIR/encoder.pt         pretrained encoder (state_dict + config)
+    RUN_DIR/pretrain_state.pt  resumable training state
+    RUN_DIR/pretrain.json      pretraining summary (data fingerprint, timings)
+    RUN_DIR/inspector.pt       fitted scorer: encoder + memory bank + threshold
+    RUN_DIR/fit.json           fit summary
+"""
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import yaml
+
+from models.encoder import Encoder, imagenet_lite0_weights, load_init_weights
+from pipeline.atomic import write_json_atomic, write_text_atomic
+from pipeline.config import LoupeConfig, config_from_dict, load_config, to_dict
+from pipeline.contrastive.pretrain import ENCODER_FILE, load_encoder, pretrain
+from pipeline.data import DataError, Sample, check_readable, fingerprint, load_samples
+from pipeline.data.tensors import load_images, load_masks
+from pipeline.metrics import evaluate_predictions, heatmap_grid, plot_roc
+from pipeline.scoring.fit import INSPECTOR_FILE, fit_inspector, load_inspector, save_inspector
+
+CONFIG_FILE = "config.yaml"
+
+
+def git_commit() -> str:
+    """Short commit of the working tree Loupe runs from, "+dirty" when modified; "unknown" outside git."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_samples(data: str | Path, split: str, skip_bad: bool, channels: int) -> tuple[list[Sample], str]:
+    """Samples of `split` that decode (bad ones: one error, or skipped with a warning) and their fingerprint."""
+    samples = check_readable(load_samples(data, split), skip_bad=skip_bad, channels=channels)
+    return samples, fingerprint(samples)
+
+
+def resolve_init_weights(cfg: LoupeConfig, override: str | Path | None) -> Path | None:
+    """--init-weights wins over the config; "imagenet-lite0" names the optional package's file."""
+    spec = override if override is not None else cfg.init_weights
+    if spec is None or str(spec) in ("", "none"):
+        return None
+    return imagenet_lite0_weights() if str(spec) == "imagenet-lite0" else Path(spec)
+
+
+def load_run_config(run_dir: str | Path) -> LoupeConfig:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a Loupe run folder; create one with `loupe pretrain DATA --out {run_dir}`")
+    return config_from_dict(yaml.safe_load(path.read_text()))
+
+
+def pretrain_step(
+    data: str | Path,
+    run_dir: str | Path,
+    config: str | Path | LoupeConfig = "default",
+    *,
+    epochs: int | None = None,
+    init_weights: str | Path | None = None,
+    resume: bool = False,
+    skip_bad: bool = False,
+    progress: bool = True,
+    device: str = "cpu",
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Contrastive pretraining on the `train` images of `data`; writes RUN_DIR/encoder.pt."""
+    run_dir = Path(run_dir)
+    cfg = config if isinstance(config, LoupeConfig) else load_config(config)
+    if epochs is not None:
+        cfg.pretrain.epochs = epochs
+    if init_weights is not None:
+        cfg.init_weights = str(init_weights)
+    cfg_path = run_dir / CONFIG_FILE
+    if resume and cfg_path.is_file() and load_run_config(run_dir) != cfg:
+        raise ValueError(f"{cfg_path} holds another config than this run; drop --resume or use a new --out folder")
+    write_text_atomic(cfg_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    samples, fp = read_samples(data, "train", skip_bad, cfg.encoder.in_channels)
+    images = load_images(samples, cfg.scorer.image_size, cfg.encoder.in_channels, progress=progress)
+    encoder = Encoder(cfg.encoder)
+    init = resolve_init_weights(cfg, None)
+    if init is not None:
+        load_init_weights(encoder, init)
+    result = pretrain(images, encoder, cfg.pretrain, run_dir, resume=resume, device=device, progress=progress,
+                      meta={"data_fingerprint": fp, "init_weights": str(init) if init else None}, on_epoch=on_epoch)
+    summary = {
+        "config": cfg.name, "method": cfg.pretrain.method, "epochs": cfg.pretrain.epochs, "n_images": len(samples),
+        "data_fingerprint": fp, "init_weights": str(init) if init else None, "losses": result.losses,
+        "seconds": result.seconds, "images_per_second": result.images_per_second, "commit": git_commit(), "created": _now(),
+    }
+    write_json_atomic(run_dir / "pretrain.json", summary)
+    return summary
+
+
+def fit_step(run_dir: str | Path, data: str | Path, *, skip_bad: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Fit the scorer on the good `train` images of `data` with RUN_DIR's encoder; writes RUN_DIR/inspector.pt."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    encoder, enc_meta = load_encoder(run_dir / ENCODER_FILE)
+    samples, fp = read_samples(data, "train", skip_bad, cfg.encoder.in_channels)
+    images = load_images(samples, cfg.scorer.image_size, cfg.encoder.in_channels, progress=progress)
+    torch.set_grad_enabled(False)
+    try:
+        res = fit_inspector(encoder, images, cfg.scorer, progress=progress)
+    finally:
+        torch.set_grad_enabled(True)
+    summary = {
+        "config": cfg.name, "n_images": len(samples), "n_bank_images": res.n_bank_images, "n_holdout_images": res.n_holdout_images,
+        "n_patches": res.n_patches, "bank_size": res.bank_size, "threshold_raw": res.threshold_raw,
+        "data_fingerprint": fp, "pretrain_fingerprint": enc_meta.get("data_fingerprint"),
+        "feature_seconds": res.feature_seconds, "coreset_seconds": res.coreset_seconds, "seconds": res.seconds,
+        "commit": git_commit(), "created": _now(),
+    }
+    save_inspector(res.inspector, run_dir / INSPECTOR_FILE, meta={k: summary[k] for k in ("config", "data_fingerprint", "threshold_raw", "bank_size", "commit", "created")})
+    write_json_atomic(run_dir / "fit.json", summary)
+    return summary
+
+
+@torch.no_grad()
+def score_samples(inspector: Any, samples: list[Sample], batch_size: int = 8, progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Run the inspector's forward on samples -> (scores [N], maps [N, S, S], is_defect [N])."""
+    size, channels = inspector.cfg.image_size, inspector.encoder.cfg.in_channels
+    scores, maps, flags = [], [], []
+    from tqdm import tqdm
+
+    for i in tqdm(range(0, len(samples), batch_size), desc="evaluating", disable=not progress, leave=False):
+        frames = load_images(samples[i : i + batch_size], size, channels).permute(0, 2, 3, 1).contiguous()  # [n, S, S, C]
+        out = inspector(frames)
+        scores.append(out.score.numpy()); maps.append(out.anomaly_map.numpy()); flags.append(out.is_defect.numpy())
+    return np.concatenate(scores), np.concatenate(maps), np.concatenate(flags)
+
+
+def evaluate_step(
+    run_dir: str | Path,
+    data: str | Path,
+    out: str | Path,
+    *,
+    scores_csv: str | Path | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score the labelled `test` images of `data`; write metrics JSON, ROC and heatmap-grid PNGs next to it."""
+    run_dir, out = Path(run_dir), Path(out)
+    inspector, meta = load_inspector(run_dir / INSPECTOR_FILE)
+    samples, fp = read_samples(data, "test", skip_bad, inspector.encoder.cfg.in_channels)
+    labels = np.array([s.label for s in samples])
+    if labels.min() == labels.max():
+        raise DataError(f"{data}: evaluation needs both good and defective test images; only label {labels[0]} found")
+    t0 = time.perf_counter()
+    scores, maps, flags = score_samples(inspector, samples, progress=progress)
+    seconds = time.perf_counter() - t0
+    masks = load_masks(samples, inspector.cfg.image_size)
+    classes = [s.defect_class or ("good" if s.label == 0 else "defect") for s in samples]
+    metrics = evaluate_predictions(labels, scores, classes, masks, maps, threshold=0.5)
+    stem = out.with_suffix("")
+    roc_png, grid_png = Path(f"{stem}_roc.png"), Path(f"{stem}_heatmaps.png")
+    plot_roc(labels, scores, roc_png, classes=classes, title=f"{meta.get('config', '')} on {Path(data).name}")
+    pick = _grid_items(labels, scores, classes)
+    heatmap_grid([load_images([samples[i]], inspector.cfg.image_size, 1)[0, 0].numpy() for i in pick],
+                 [maps[i] for i in pick], [masks[i] for i in pick], [float(scores[i]) for i in pick],
+                 [int(labels[i]) for i in pick], grid_png, threshold=0.5, titles=[classes[i] for i in pick])
+    metrics.update({
+        "threshold_raw": meta.get("threshold_raw"), "test_fingerprint": fp, "model_fingerprint": meta.get("data_fingerprint"),
+        "eval_seconds": seconds, "images_per_second_eval": len(samples) / seconds, "roc_png": str(roc_png),
+        "heatmaps_png": str(grid_png), "commit": git_commit(), "created": _now(),
+    })
+    write_json_atomic(out, metrics)
+    if scores_csv is not None:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["image", "label", "score", "is_defect"])
+        for s, sc, fl in zip(samples, scores, flags):
+            w.writerow([str(s.image), s.label, f"{float(sc):.6g}", int(bool(fl))])
+        write_text_atomic(scores_csv, buf.getvalue())
+    return metrics
+
+
+def _grid_items(labels: np.ndarray, scores: np.ndarray, classes: list[str], per_class: int = 2, n_good: int = 4) -> list[int]:
+    """Heatmap-grid picks: the top-scoring images of each defect class, then the highest-scoring good ones."""
+    pick: list[int] = []
+    for c in sorted(set(classes) - {"good"}):
+        idx = [i for i in np.argsort(-scores) if classes[i] == c and labels[i] == 1]
+        pick += idx[:per_class]
+    pick += [i for i in np.argsort(-scores) if labels[i] == 0][:n_good]
+    return pick[:16]
+
+
+def bench_quality(
+    manifest: str | Path,
+    out: str | Path,
+    config: str | Path = "default",
+    *,
+    epochs: int | None = None,
+    work_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """pretrain -> fit -> evaluate from nothing with one config; one JSON of quality and cost."""
+    out = Path(out)
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="loupe-bench-"))
+    cfg = load_config(config)
+    t0 = time.perf_counter()
+    pre = pretrain_step(manifest, work, cfg, epochs=epochs, progress=progress)
+    fit = fit_step(work, manifest, progress=progress)
+    metrics = evaluate_step(work, manifest, work / "metrics.json", progress=progress)
+    result = {
+        **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "false_alarm_rate", "recall_at_threshold")},
+        "pretrain_seconds": pre["seconds"], "fit_seconds": fit["seconds"], "images_per_second_pretrain": pre["images_per_second"],
+        "coreset_seconds": fit["coreset_seconds"], "bank_size": fit["bank_size"], "n_patches": fit["n_patches"],
+        "eval_seconds": metrics["eval_seconds"], "total_seconds": time.perf_counter() - t0,
+        "config": to_dict(cfg), "config_name": cfg.name, "epochs": cfg.pretrain.epochs, "manifest": str(manifest),
+        "data_fingerprint": pre["data_fingerprint"], "n_test": metrics["n_images"], "commit": git_commit(), "created": _now(),
+        "torch_threads": torch.get_num_threads(), "work_dir": str(work),
+    }
+    write_json_atomic(out, result)
+    return result
