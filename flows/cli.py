@@ -1,7 +1,242 @@
-"""The `loupe` command line (placeholder until the CLI lands)."""
+"""The `loupe` command line: a thin layer over `pipeline.steps`.
+
+    loupe pretrain DATA --out RUN_DIR     contrastive pretraining on good images
+    loupe fit RUN_DIR DATA                patch memory bank + threshold
+    loupe evaluate RUN_DIR DATA --out M   metrics JSON, ROC and heatmap PNGs
+    loupe demo                            all of the above on synthetic line-camera data
+    loupe bench quality --manifest ...    pretrain -> fit -> evaluate, one JSON of quality and cost
+
+DATA is an image folder, an MVTec AD category root or a .json/.csv manifest.
+Bad input (DataError, FileNotFoundError, ValueError from the pipeline) is reported as
+one `Error: ...` message on stderr with exit code 2, without a traceback.
+
+Heavy modules (torch, pipeline.steps) are imported inside the commands so that
+`loupe --help` stays fast.
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+#: Pretraining epochs of `loupe demo` unless --epochs is given.
+DEMO_EPOCHS = 8
+#: The synthetic line-camera data of `loupe demo` (arguments of write_dataset).
+DEMO_DATA: dict[str, Any] = dict(texture="brushed_metal", n_train=200, n_test_good=40, n_test_defect=60, size=256, seed=0)
+#: Exit code for bad input (the same as click's usage errors).
+EXIT_BAD_INPUT = 2
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+    help="Loupe: industrial visual inspection. Contrastive pretraining on good images, "
+    "patch nearest-neighbour anomaly scoring, evaluation.",
+)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: `quality` (pretrain -> fit -> evaluate from nothing).")
+app.add_typer(bench_app, name="bench")
+
+_DATA_HELP = "An image folder, an MVTec AD category root, or a .json/.csv manifest."
+_CONFIG_HELP = "Shipped config name (default, imagenet-lite0, smoke) or a YAML file."
+_SKIP_BAD_HELP = "Skip unreadable images/masks with a warning instead of failing."
+_QUIET_HELP = "No progress bars."
+
+
+@contextlib.contextmanager
+def _cli_errors() -> Iterator[None]:
+    """Bad input -> `Error: ...` on stderr and exit 2; warnings -> `Warning: ...` on stderr."""
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None, line: Any = None) -> None:
+        prefix = "Warning" if category is UserWarning else f"Warning ({category.__name__})"
+        typer.echo(f"{prefix}: {message}", err=True)
+
+    # catch_warnings also resets the "already shown" registries, so each run reports its warnings.
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        try:
+            yield
+        except (ValueError, FileNotFoundError) as exc:  # DataError is a ValueError
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+
+
+def _fmt(value: Any, percent: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{100 * value:.1f}%" if percent else f"{value:.4f}"
+    return str(value)
+
+
+def _echo_metrics(metrics: dict[str, Any], out: Path | None = None, scores: Path | None = None) -> None:
+    """Short human summary of an evaluate_step / bench_quality result."""
+    rows = [
+        ("image AUROC", _fmt(metrics.get("image_auroc"))),
+        ("pixel AUROC", _fmt(metrics.get("pixel_auroc"))),
+        ("AUPRO", _fmt(metrics.get("aupro"))),
+        ("F1-max", _fmt(metrics.get("f1_max"))),
+        ("false-alarm rate", _fmt(metrics.get("false_alarm_rate"), percent=True) + " at the fitted threshold"),
+        ("recall", _fmt(metrics.get("recall_at_threshold"), percent=True) + " at the fitted threshold"),
+    ]
+    if "n_images" in metrics:
+        rows.append(("test images", f"{metrics['n_images']} ({metrics.get('n_good')} good, {metrics.get('n_defect')} defective)"))
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        typer.echo(f"  {name:<{width}}  {value}")
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        typer.echo("  per-class image AUROC (vs good):")
+        cw = max(len(str(c)) for c in per_class)
+        for cls, auroc in per_class.items():
+            typer.echo(f"    {cls:<{cw}}  {_fmt(auroc)}")
+    for label, path in (("metrics", out), ("ROC curve", metrics.get("roc_png")), ("heatmaps", metrics.get("heatmaps_png")), ("scores", scores)):
+        if path is not None:
+            typer.echo(f"  {label + ':':<11}{path}")
+
+
+def _echo_pretrain(summary: dict[str, Any], run_dir: Path) -> None:
+    losses = summary.get("losses") or []
+    loss = f", final loss {losses[-1]:.4f}" if losses else ""
+    typer.echo(
+        f"pretrained {summary['config']} ({summary['method']}, {summary['epochs']} epochs) on {summary['n_images']} images "
+        f"in {summary['seconds']:.1f} s ({summary['images_per_second']:.1f} img/s){loss}"
+    )
+    typer.echo(f"  encoder: {run_dir / 'encoder.pt'}")
+
+
+def _echo_fit(summary: dict[str, Any], run_dir: Path) -> None:
+    typer.echo(
+        f"fitted scorer on {summary['n_images']} images ({summary['n_bank_images']} bank, {summary['n_holdout_images']} holdout): "
+        f"bank {summary['bank_size']} of {summary['n_patches']} patches, threshold {summary['threshold_raw']:.4g}, "
+        f"{summary['seconds']:.1f} s"
+    )
+    typer.echo(f"  inspector: {run_dir / 'inspector.pt'}")
+
+
+@app.command()
+def pretrain(
+    data: Path = typer.Argument(..., help=_DATA_HELP + " Its good `train` images are used."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run folder to write (config.yaml, encoder.pt, pretrain_state.pt)."),
+    config: str = typer.Option("default", "--config", "-c", help=_CONFIG_HELP),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help="Override the config's pretraining epochs."),
+    init_weights: Optional[str] = typer.Option(None, "--init-weights", help="Initial encoder weights: a file, 'imagenet-lite0' or 'none' (overrides the config)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from RUN_DIR/pretrain_state.pt (same config and epochs)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help=_SKIP_BAD_HELP),
+    device: str = typer.Option("cpu", "--device", help="Torch device for training, e.g. cpu or cuda."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+) -> None:
+    """Contrastive pretraining of the encoder on unlabeled good images."""
+    with _cli_errors():
+        from pipeline.steps import pretrain_step
+
+        summary = pretrain_step(data, out, config, epochs=epochs, init_weights=init_weights, resume=resume,
+                                skip_bad=skip_bad, progress=not quiet, device=device)
+    _echo_pretrain(summary, out)
+
+
+@app.command()
+def fit(
+    run_dir: Path = typer.Argument(..., help="Run folder written by `loupe pretrain`."),
+    data: Path = typer.Argument(..., help=_DATA_HELP + " Its good `train` images are used."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help=_SKIP_BAD_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+) -> None:
+    """Fit the patch nearest-neighbour scorer (memory bank + threshold) on good images."""
+    with _cli_errors():
+        from pipeline.steps import fit_step
+
+        summary = fit_step(run_dir, data, skip_bad=skip_bad, progress=not quiet)
+    _echo_fit(summary, run_dir)
+
+
+@app.command()
+def evaluate(
+    run_dir: Path = typer.Argument(..., help="Run folder with inspector.pt (`loupe fit`)."),
+    data: Path = typer.Argument(..., help="Labelled data: an MVTec AD category root or a .json/.csv manifest. Its `test` images are used."),
+    out: Path = typer.Option(..., "--out", "-o", help="Metrics JSON to write; the ROC and heatmap PNGs go next to it."),
+    scores: Optional[Path] = typer.Option(None, "--scores", help="Also write one CSV row per image: image,label,score,is_defect."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help=_SKIP_BAD_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+) -> None:
+    """Score the labelled test images: metrics JSON, ROC curve and heatmap grid."""
+    with _cli_errors():
+        from pipeline.steps import evaluate_step
+
+        metrics = evaluate_step(run_dir, data, out, scores_csv=scores, skip_bad=skip_bad, progress=not quiet)
+    typer.echo(f"evaluated {run_dir} on {data}:")
+    _echo_metrics(metrics, out, scores)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the data, the run and the results."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help=f"Pretraining epochs (default {DEMO_EPOCHS})."),
+    config: str = typer.Option("default", "--config", "-c", help=_CONFIG_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+) -> None:
+    """Synthetic line-camera data -> pretrain -> fit -> evaluate, end to end.
+
+    Rerunning reuses the generated data, and a finished (or interrupted) pretraining
+    with the same config and epochs.
+    """
+    with _cli_errors():
+        import numpy as np
+
+        from pipeline.config import load_config
+        from pipeline.data import write_image_atomic
+        from pipeline.data.synthetic import make_strip, write_dataset
+        from pipeline.steps import CONFIG_FILE, evaluate_step, fit_step, load_run_config, pretrain_step
+
+        data_dir, run_dir = out / "data", out / "run"
+        try:
+            split = write_dataset(data_dir, **DEMO_DATA)
+        except FileExistsError as exc:
+            raise ValueError(f"{exc}; pass another --out folder") from None
+        strip_png = data_dir / "strip.png"
+        if not strip_png.is_file():
+            strip, _ = make_strip(np.random.default_rng(DEMO_DATA["seed"]), DEMO_DATA["texture"])
+            write_image_atomic(strip_png, strip)
+        typer.echo(f"data: {data_dir} ({DEMO_DATA['n_train']} train, {DEMO_DATA['n_test_good']} good + "
+                   f"{DEMO_DATA['n_test_defect']} defective test images; line-scan strip preview {strip_png})")
+
+        cfg = load_config(config)
+        cfg.pretrain.epochs = DEMO_EPOCHS if epochs is None else epochs
+        resume = (run_dir / CONFIG_FILE).is_file() and load_run_config(run_dir) == cfg
+        pre = pretrain_step(split, run_dir, cfg, resume=resume, progress=not quiet)
+        _echo_pretrain(pre, run_dir)
+        _echo_fit(fit_step(run_dir, split, progress=not quiet), run_dir)
+        metrics_json = out / "metrics.json"
+        metrics = evaluate_step(run_dir, split, metrics_json, scores_csv=out / "scores.csv", progress=not quiet)
+    typer.echo("demo results:")
+    _echo_metrics(metrics, metrics_json, out / "scores.csv")
+    typer.echo(f"  {'strip:':<11}{strip_png}")
+
+
+@bench_app.command("quality")
+def bench_quality(
+    manifest: Path = typer.Option(..., "--manifest", help="Labelled data with train and test splits (.json/.csv manifest or MVTec root)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Result JSON to write."),
+    config: str = typer.Option("default", "--config", "-c", help=_CONFIG_HELP),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help="Override the config's pretraining epochs."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Run folder for the benchmark (default: a new temporary folder)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+) -> None:
+    """Pretrain -> fit -> evaluate from nothing with one config; one JSON of quality and cost."""
+    with _cli_errors():
+        from pipeline.steps import bench_quality as run_bench
+
+        result = run_bench(manifest, out, config, epochs=epochs, work_dir=work_dir, progress=not quiet)
+    typer.echo(f"bench quality: {result['config_name']} ({result['epochs']} epochs) on {manifest}, commit {result['commit']}")
+    _echo_metrics(result)
+    typer.echo(
+        f"  cost: pretrain {result['pretrain_seconds']:.1f} s ({result['images_per_second_pretrain']:.1f} img/s), "
+        f"fit {result['fit_seconds']:.1f} s, eval {result['eval_seconds']:.1f} s, total {result['total_seconds']:.1f} s"
+    )
+    typer.echo(f"  {'result:':<11}{out}")
+    typer.echo(f"  {'run:':<11}{result['work_dir']}")
 
 
 @app.command()
@@ -10,3 +245,7 @@ def version() -> None:
     from importlib.metadata import version as v
 
     typer.echo(v("loupe"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

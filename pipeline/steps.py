@@ -96,8 +96,8 @@ def pretrain_step(
     cfg_path = run_dir / CONFIG_FILE
     if resume and cfg_path.is_file() and load_run_config(run_dir) != cfg:
         raise ValueError(f"{cfg_path} holds another config than this run; drop --resume or use a new --out folder")
-    write_text_atomic(cfg_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     samples, fp = read_samples(data, "train", skip_bad, cfg.encoder.in_channels)
+    write_text_atomic(cfg_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # only once the data is known good
     images = load_images(samples, cfg.scorer.image_size, cfg.encoder.in_channels, progress=progress)
     encoder = Encoder(cfg.encoder)
     init = resolve_init_weights(cfg, None)
@@ -118,6 +118,8 @@ def fit_step(run_dir: str | Path, data: str | Path, *, skip_bad: bool = False, p
     """Fit the scorer on the good `train` images of `data` with RUN_DIR's encoder; writes RUN_DIR/inspector.pt."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
+    if not (run_dir / ENCODER_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir / ENCODER_FILE} not found: run `loupe pretrain DATA --out {run_dir}` first")
     encoder, enc_meta = load_encoder(run_dir / ENCODER_FILE)
     samples, fp = read_samples(data, "train", skip_bad, cfg.encoder.in_channels)
     images = load_images(samples, cfg.scorer.image_size, cfg.encoder.in_channels, progress=progress)
@@ -163,6 +165,8 @@ def evaluate_step(
 ) -> dict[str, Any]:
     """Score the labelled `test` images of `data`; write metrics JSON, ROC and heatmap-grid PNGs next to it."""
     run_dir, out = Path(run_dir), Path(out)
+    if not (run_dir / INSPECTOR_FILE).is_file():
+        raise FileNotFoundError(f"{run_dir / INSPECTOR_FILE} not found: run `loupe fit {run_dir} DATA` first")
     inspector, meta = load_inspector(run_dir / INSPECTOR_FILE)
     samples, fp = read_samples(data, "test", skip_bad, inspector.encoder.cfg.in_channels)
     labels = np.array([s.label for s in samples])
@@ -218,8 +222,8 @@ def bench_quality(
 ) -> dict[str, Any]:
     """pretrain -> fit -> evaluate from nothing with one config; one JSON of quality and cost."""
     out = Path(out)
-    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="loupe-bench-"))
     cfg = load_config(config)
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="loupe-bench-"))
     t0 = time.perf_counter()
     pre = pretrain_step(manifest, work, cfg, epochs=epochs, progress=progress)
     fit = fit_step(work, manifest, progress=progress)

@@ -27,6 +27,7 @@ from models.heads import DenseProjectionHead, ProjectionHead
 from pipeline.checkpoint import load_checkpoint, save_atomic
 from pipeline.contrastive.augment import PhotometricConfig, photometric
 from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss
+from pipeline.contrastive.perturb import PerturbConfig, cell_mask, perturb
 from pipeline.contrastive.views import ViewConfig, correspondence, render_views, sample_affines
 
 METHODS = ("simclr", "moco", "densecl")
@@ -52,6 +53,7 @@ class PretrainConfig:
     seed: int = 0
     views: ViewConfig = field(default_factory=ViewConfig)
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)  # densecl hard negatives (prob 0: off)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -68,20 +70,28 @@ class PretrainResult:
 
 
 class ContrastiveModel(nn.Module):
-    """Encoder + heads; `embed` returns the global projection and the dense map."""
+    """Encoder + heads; `embed` returns the global projection and the dense map.
+
+    The dense head reads all taps at the shallowest tap's resolution, the same
+    patch features the scorer uses, so the dense loss shapes what is scored.
+    """
 
     def __init__(self, encoder: Encoder, cfg: PretrainConfig) -> None:
         super().__init__()
         self.encoder = encoder
-        c = encoder.tap_channels[-1]
-        self.head = ProjectionHead(c, cfg.proj_hidden, cfg.proj_dim)
-        self.dense_head = DenseProjectionHead(c, cfg.proj_hidden, cfg.proj_dim) if cfg.method == "densecl" else None
+        self.head = ProjectionHead(encoder.tap_channels[-1], cfg.proj_hidden, cfg.proj_dim)
+        dense_in = sum(encoder.tap_channels)
+        self.dense_head = DenseProjectionHead(dense_in, cfg.proj_hidden, cfg.proj_dim) if cfg.method == "densecl" else None
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: [N, C, h, w] -> (z [N, proj_dim], dense [N, proj_dim, h/s, w/s] or None)."""
-        feat = self.encoder(x)[-1]
-        z = self.head(feat.mean(dim=(2, 3)))
-        return z, (self.dense_head(feat) if self.dense_head is not None else None)
+        """x: [N, C, h, w] -> (z [N, proj_dim], dense [N, proj_dim, h/s0, w/s0] or None)."""
+        taps = self.encoder(x)
+        z = self.head(taps[-1].mean(dim=(2, 3)))
+        if self.dense_head is None:
+            return z, None
+        size = taps[0].shape[-2:]
+        f = torch.cat([taps[0]] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in taps[1:]], dim=1)
+        return z, self.dense_head(f)
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -193,7 +203,10 @@ def pretrain(
             theta1 = sample_affines(x.shape[0], cfg.views, g, centers=theta0[:, :, 2])
             v0 = photometric(render_views(x, theta0.to(device), cfg.views.crop_size), cfg.photometric, g)
             v1 = photometric(render_views(x, theta1.to(device), cfg.views.crop_size), cfg.photometric, g)
-            loss = _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss)
+            pmask = None
+            if cfg.method == "densecl" and cfg.perturb.prob > 0:
+                v1, pmask = perturb(v1, cfg.perturb, g)
+            loss = _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, pmask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -222,8 +235,11 @@ def pretrain(
     return PretrainResult(out_dir / ENCODER_FILE, cfg.epochs - start_epoch, seconds, seen / seconds if seconds else 0.0, losses)
 
 
-def _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss) -> torch.Tensor:
-    """The configured objective on one batch of view pairs (symmetric in the two views)."""
+def _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, pmask=None) -> torch.Tensor:
+    """The configured objective on one batch of view pairs (symmetric in the two views).
+
+    pmask: bool [N, S, S] pixels of view 1 changed by anomaly-like perturbations, or None.
+    """
     z0, d0 = model.embed(v0)
     z1, d1 = model.embed(v1)
     if cfg.method == "moco":
@@ -237,7 +253,13 @@ def _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infon
         grid10, valid10 = correspondence(theta1, theta0, h, w)
         k01 = F.grid_sample(d1, grid01.to(d1.device), mode="bilinear", align_corners=False)
         k10 = F.grid_sample(d0, grid10.to(d0.device), mode="bilinear", align_corners=False)
-        dense = 0.5 * (dense_loss(d0, k01, valid01.to(d0.device), g) + dense_loss(d1, k10, valid10.to(d1.device), g))
+        hard01 = pert1 = None
+        if pmask is not None:
+            pert1 = cell_mask(pmask, h, w)  # [N, h, w] on view 1's own grid
+            # view 1's perturbed cells, seen from view 0's locations (nearest cell)
+            hard01 = F.grid_sample(pert1[:, None].float(), grid01.to(d1.device), mode="nearest", align_corners=False)[:, 0] > 0
+        valid10 = valid10.to(d1.device) if pert1 is None else valid10.to(d1.device) & ~pert1  # perturbed cells anchor nothing
+        dense = 0.5 * (dense_loss(d0, k01, valid01.to(d0.device), g, hard_negative=hard01) + dense_loss(d1, k10, valid10, g))
         loss = (1 - cfg.dense_weight) * loss + cfg.dense_weight * dense
     return loss
 

@@ -1,0 +1,27 @@
+"""Shared fixtures: a tiny synthetic dataset and the real Magnetic Tile Defects data (when present)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+MTD_ROOT = Path(__file__).resolve().parents[2] / "shared/data/magnetic-tile-defects"
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a tiny synthetic line-camera dataset (MVTec layout plus split.json); read-only for tests."""
+    from pipeline.data.synthetic import write_dataset
+
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    write_dataset(root, texture="brushed_metal", n_train=24, n_test_good=6, n_test_defect=12, size=64, seed=0)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mtd_root() -> Path:
+    """The Magnetic Tile Defects folder (split.json + MT_* folders); skips the test when it is absent."""
+    if not (MTD_ROOT / "split.json").is_file():
+        pytest.skip(f"real data not available at {MTD_ROOT}")
+    return MTD_ROOT

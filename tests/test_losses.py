@@ -1,0 +1,207 @@
+"""Contrastive losses vs naive per-anchor references (explicit Python loops)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss
+
+
+def _lse(values: list[torch.Tensor]) -> torch.Tensor:
+    return torch.logsumexp(torch.stack(values), dim=0)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a @ b) / (a.norm() * b.norm())
+
+
+def naive_ntxent(z0: torch.Tensor, z1: torch.Tensor, t: float) -> torch.Tensor:
+    """Both views as anchors; positive = other view of the same image; 2N-2 negatives."""
+    z = torch.cat([z0, z1])
+    n2 = z.shape[0]
+    n = n2 // 2
+    losses = []
+    for i in range(n2):
+        pos = (i + n) % n2
+        logits = [_cos(z[i], z[j]) / t for j in range(n2) if j != i]
+        assert len(logits) == 2 * n - 1  # 1 positive + 2N-2 negatives
+        losses.append(-_cos(z[i], z[pos]) / t + _lse(logits))
+    return torch.stack(losses).mean()
+
+
+def naive_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: float) -> torch.Tensor:
+    losses = []
+    for i in range(q.shape[0]):
+        pos = _cos(q[i], k[i]) / t
+        logits = [pos] + [_cos(q[i], queue[j]) / t for j in range(queue.shape[0])]
+        losses.append(-pos + _lse(logits))
+    return torch.stack(losses).mean()
+
+
+def naive_dense(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, t: float) -> torch.Tensor:
+    """Positive: matched location; negatives: every location of every OTHER image."""
+    n, _, h, w = q.shape
+    losses = []
+    for i in range(n):
+        for y in range(h):
+            for x in range(w):
+                if not valid[i, y, x]:
+                    continue
+                a = q[i, :, y, x]
+                pos = _cos(a, k[i, :, y, x]) / t
+                logits = [pos]
+                for j in range(n):
+                    if j == i:
+                        continue
+                    for yy in range(h):
+                        for xx in range(w):
+                            logits.append(_cos(a, k[j, :, yy, xx]) / t)
+                losses.append(-pos + _lse(logits))
+    return torch.stack(losses).mean()
+
+
+# --------------------------------------------------------------------------- NT-Xent
+
+
+@pytest.mark.parametrize("n,d,t", [(2, 3, 0.2), (4, 8, 0.5), (5, 16, 1.0)])
+def test_ntxent_matches_naive(n: int, d: int, t: float) -> None:
+    g = torch.Generator().manual_seed(n * 10 + d)
+    z0, z1 = torch.randn(n, d, generator=g) * 3, torch.randn(n, d, generator=g)
+    got = NTXentLoss(t)(z0, z1)
+    torch.testing.assert_close(got, naive_ntxent(z0, z1, t), rtol=1e-5, atol=1e-5)
+
+
+def test_ntxent_scale_invariant_and_symmetric() -> None:
+    g = torch.Generator().manual_seed(1)
+    z0, z1 = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    loss = NTXentLoss(0.3)
+    torch.testing.assert_close(loss(z0, z1), loss(7.0 * z0, 0.1 * z1))  # cosine similarity
+    torch.testing.assert_close(loss(z0, z1), loss(z1, z0))  # both views are anchors
+
+
+@pytest.mark.parametrize("n,t", [(2, 0.2), (4, 0.1), (6, 1.0)])
+def test_ntxent_identical_vectors_is_log_2n_minus_1(n: int, t: float) -> None:
+    v = torch.tensor([0.3, -1.2, 2.0, 0.5])
+    z = v.repeat(n, 1)
+    got = NTXentLoss(t)(z, z.clone())
+    # every logit equals 1/T -> uniform softmax over 2N-1 candidates
+    assert got.item() == pytest.approx(math.log(2 * n - 1), rel=1e-5)
+
+
+@pytest.mark.parametrize("n,t", [(2, 0.2), (4, 0.5), (3, 1.0)])
+def test_ntxent_orthonormal_rows(n: int, t: float) -> None:
+    z = torch.eye(2 * n)[:n] * 2.5  # orthogonal rows, any norm
+    got = NTXentLoss(t)(z, z.clone())
+    # positive logit 1/T, the 2N-2 negatives are orthogonal -> logit 0
+    expected = -1 / t + math.log(math.exp(1 / t) + (2 * n - 2))
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_ntxent_temperature_scaling() -> None:
+    g = torch.Generator().manual_seed(2)
+    z0, z1 = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    for t in (0.05, 0.2, 2.0):
+        torch.testing.assert_close(NTXentLoss(t)(z0, z1), naive_ntxent(z0, z1, t), rtol=1e-5, atol=1e-5)
+    # perfect alignment: lower temperature -> sharper -> smaller loss
+    z = torch.eye(8)[:4]
+    assert NTXentLoss(0.1)(z, z) < NTXentLoss(0.5)(z, z) < NTXentLoss(2.0)(z, z)
+
+
+def test_ntxent_gradients_flow() -> None:
+    g = torch.Generator().manual_seed(3)
+    z0 = torch.randn(4, 8, generator=g, requires_grad=True)
+    z1 = torch.randn(4, 8, generator=g, requires_grad=True)
+    NTXentLoss(0.2)(z0, z1).backward()
+    for z in (z0, z1):
+        assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    # gradient equals the one of the naive reference
+    a, b = z0.detach().clone().requires_grad_(), z1.detach().clone().requires_grad_()
+    naive_ntxent(a, b, 0.2).backward()
+    torch.testing.assert_close(z0.grad, a.grad, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(z1.grad, b.grad, rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- InfoNCE with queue
+
+
+@pytest.mark.parametrize("n,k,t", [(1, 1, 0.2), (3, 7, 0.2), (5, 16, 0.07)])
+def test_infonce_queue_matches_naive(n: int, k: int, t: float) -> None:
+    g = torch.Generator().manual_seed(n + k)
+    q, key, queue = torch.randn(n, 8, generator=g), torch.randn(n, 8, generator=g), torch.randn(k, 8, generator=g) * 5
+    got = InfoNCEQueueLoss(t)(q, key, queue)
+    torch.testing.assert_close(got, naive_infonce(q, key, queue, t), rtol=1e-5, atol=1e-5)
+
+
+def test_infonce_queue_exact_values_and_grad() -> None:
+    t = 0.5
+    q = torch.eye(4)[:2].clone().requires_grad_()
+    # positive equal to the query, queue orthogonal to both queries
+    queue = torch.eye(4)[2:] * 3
+    loss = InfoNCEQueueLoss(t)(q, q.detach().clone(), queue)
+    assert loss.item() == pytest.approx(-1 / t + math.log(math.exp(1 / t) + 2), rel=1e-6)
+    loss.backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    # queue negative identical to the query: positive and negative tie
+    same = InfoNCEQueueLoss(t)(q.detach(), q.detach(), q.detach()[:1])
+    # anchor 0: 2 logits of 1/T -> log 2; anchor 1: logits [1/T, 0]
+    expected = 0.5 * (math.log(2) + (-1 / t + math.log(math.exp(1 / t) + 1)))
+    assert same.item() == pytest.approx(expected, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- dense InfoNCE
+
+
+@pytest.mark.parametrize("n,h,w,t", [(2, 2, 3, 0.2), (3, 3, 3, 0.5)])
+def test_dense_infonce_matches_naive(n: int, h: int, w: int, t: float) -> None:
+    g = torch.Generator().manual_seed(n * 100 + h * 10 + w)
+    q, k = torch.randn(n, 6, h, w, generator=g), torch.randn(n, 6, h, w, generator=g)
+    valid = torch.rand(n, h, w, generator=g) < 0.6
+    valid[0, 0, 0] = True
+    got = DenseInfoNCELoss(t, max_negatives=10**6)(q, k, valid)
+    torch.testing.assert_close(got, naive_dense(q, k, valid, t), rtol=1e-5, atol=1e-5)
+
+
+def test_dense_infonce_all_valid_and_grad() -> None:
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 4, 2, 2, generator=g, requires_grad=True)
+    k = torch.randn(2, 4, 2, 2, generator=g, requires_grad=True)
+    valid = torch.ones(2, 2, 2, dtype=torch.bool)
+    loss = DenseInfoNCELoss(0.3, max_negatives=10**6)(q, k, valid)
+    torch.testing.assert_close(loss, naive_dense(q, k, valid, 0.3), rtol=1e-5, atol=1e-5)
+    loss.backward()
+    assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+    assert torch.isfinite(k.grad).all() and k.grad.abs().sum() > 0
+
+
+def test_dense_infonce_same_image_locations_are_not_negatives() -> None:
+    # Image 0 has all-identical location vectors; if its other locations counted as
+    # negatives, the loss would be ~log(#locations); it must only see image 1's keys.
+    t = 0.5
+    q = torch.zeros(2, 4, 2, 2)
+    q[0, 0] = 1.0  # image 0: e0 everywhere
+    q[1, 1] = 1.0  # image 1: e1 everywhere (orthogonal)
+    valid = torch.zeros(2, 2, 2, dtype=torch.bool)
+    valid[0] = True
+    loss = DenseInfoNCELoss(t, max_negatives=10**6)(q, q.clone(), valid)
+    expected = -1 / t + math.log(math.exp(1 / t) + 4)  # 4 orthogonal negatives of image 1
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_dense_infonce_nothing_valid_is_zero_with_grad() -> None:
+    q = torch.randn(2, 4, 2, 2, requires_grad=True)
+    loss = DenseInfoNCELoss(0.2)(q, torch.randn(2, 4, 2, 2), torch.zeros(2, 2, 2, dtype=torch.bool))
+    assert loss.item() == 0.0
+    loss.backward()  # still part of the graph
+    assert q.grad is not None
+
+
+def test_dense_infonce_subsampling_is_seeded_and_finite() -> None:
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(4, 8, 4, 4, generator=g), torch.randn(4, 8, 4, 4, generator=g)
+    valid = torch.ones(4, 4, 4, dtype=torch.bool)
+    loss = DenseInfoNCELoss(0.2, max_negatives=10)
+    a = loss(q, k, valid, torch.Generator().manual_seed(5))
+    b = loss(q, k, valid, torch.Generator().manual_seed(5))
+    assert torch.isfinite(a) and a.item() == b.item()
