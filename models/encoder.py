@@ -87,12 +87,18 @@ def load_init_weights(encoder: Encoder, path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--init-weights: {path} does not exist; pass a local .pth state_dict file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a checkpoint, truncated, or pickles objects
+        raise ValueError(f"--init-weights: {path} is not a readable PyTorch state_dict ({err})") from err
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: not a state_dict of tensors (non-tensor values at {bad[:5]})")
     trunk_keys = encoder.trunk.state_dict().keys()
     stem = "conv1.weight" if encoder.cfg.arch == "resnet18" else "_conv_stem.weight"
     if stem in state:

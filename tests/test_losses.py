@@ -6,7 +6,17 @@ import math
 import pytest
 import torch
 
-from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss
+from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss, PerturbationContrastLoss
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP barriers under contention make
+    small convolutions ~50x slower with 2 threads; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def _lse(values: list[torch.Tensor]) -> torch.Tensor:
@@ -40,24 +50,25 @@ def naive_infonce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, t: floa
     return torch.stack(losses).mean()
 
 
-def naive_dense(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, t: float) -> torch.Tensor:
-    """Positive: matched location; negatives: every location of every OTHER image."""
+def naive_dense(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, t: float, hard: torch.Tensor | None = None) -> torch.Tensor:
+    """Positive: matched location; negatives: every location of every OTHER image, plus (hard
+    negatives) the perturbed keys of the anchor's own image; perturbed locations anchor nothing."""
     n, _, h, w = q.shape
+    hard = torch.zeros(n, h, w, dtype=torch.bool) if hard is None else hard
     losses = []
     for i in range(n):
         for y in range(h):
             for x in range(w):
-                if not valid[i, y, x]:
+                if not valid[i, y, x] or hard[i, y, x]:
                     continue
                 a = q[i, :, y, x]
                 pos = _cos(a, k[i, :, y, x]) / t
                 logits = [pos]
                 for j in range(n):
-                    if j == i:
-                        continue
                     for yy in range(h):
                         for xx in range(w):
-                            logits.append(_cos(a, k[j, :, yy, xx]) / t)
+                            if j != i or hard[j, yy, xx]:
+                                logits.append(_cos(a, k[j, :, yy, xx]) / t)
                 losses.append(-pos + _lse(logits))
     return torch.stack(losses).mean()
 
@@ -163,6 +174,20 @@ def test_dense_infonce_matches_naive(n: int, h: int, w: int, t: float) -> None:
     torch.testing.assert_close(got, naive_dense(q, k, valid, t), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_dense_infonce_hard_negatives_match_naive(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(3, 5, 3, 3, generator=g), torch.randn(3, 5, 3, 3, generator=g)
+    valid = torch.rand(3, 3, 3, generator=g) < 0.8
+    hard = torch.rand(3, 3, 3, generator=g) < 0.3
+    valid[0, 0, 0], hard[0, 0, 0], hard[0, 1, 1] = True, False, True
+    got = DenseInfoNCELoss(0.3, max_negatives=10**6)(q, k, valid, hard_negative=hard)
+    torch.testing.assert_close(got, naive_dense(q, k, valid, 0.3, hard), rtol=1e-5, atol=1e-5)
+    # without perturbations, the hard-negative path is the plain loss
+    plain = DenseInfoNCELoss(0.3, max_negatives=10**6)
+    torch.testing.assert_close(plain(q, k, valid, hard_negative=torch.zeros_like(hard)), plain(q, k, valid))
+
+
 def test_dense_infonce_all_valid_and_grad() -> None:
     g = torch.Generator().manual_seed(7)
     q = torch.randn(2, 4, 2, 2, generator=g, requires_grad=True)
@@ -205,3 +230,108 @@ def test_dense_infonce_subsampling_is_seeded_and_finite() -> None:
     a = loss(q, k, valid, torch.Generator().manual_seed(5))
     b = loss(q, k, valid, torch.Generator().manual_seed(5))
     assert torch.isfinite(a) and a.item() == b.item()
+
+
+# --------------------------------------------------------------------------- perturbation contrast (spotdiff)
+
+
+def naive_spot(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor, pert: torch.Tensor, t: float) -> torch.Tensor:
+    """Anchors: valid clean locations of any image; positive: their own key; negatives: every
+    valid perturbed key of ANY image (own or other); clean keys are never negatives."""
+    n, _, h, w = q.shape
+    negs = [k[j, :, y, x] for j in range(n) for y in range(h) for x in range(w) if valid[j, y, x] and pert[j, y, x]]
+    losses = []
+    for i in range(n):
+        for y in range(h):
+            for x in range(w):
+                if not valid[i, y, x] or pert[i, y, x]:
+                    continue
+                a = q[i, :, y, x]
+                pos = _cos(a, k[i, :, y, x]) / t
+                losses.append(-pos + _lse([pos] + [_cos(a, kk) / t for kk in negs]))
+    return torch.stack(losses).mean()
+
+
+@pytest.mark.parametrize("n,h,w,t,seed", [(2, 2, 3, 0.2, 0), (3, 3, 3, 0.5, 1), (4, 2, 2, 0.07, 2)])
+def test_perturbation_contrast_matches_naive(n: int, h: int, w: int, t: float, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(n, 6, h, w, generator=g), torch.randn(n, 6, h, w, generator=g) * 2
+    valid = torch.rand(n, h, w, generator=g) < 0.7
+    pert = torch.rand(n, h, w, generator=g) < 0.35
+    valid[0, 0, 0], pert[0, 0, 0] = True, False  # at least one anchor
+    valid[-1, -1, -1], pert[-1, -1, -1] = True, True  # and one negative (in another image)
+    pert[0, 0, 1] = True
+    valid[0, 0, 1] = False  # perturbed but unmatched: no negative
+    qa, ka = q.clone().requires_grad_(), k.clone().requires_grad_()
+    got = PerturbationContrastLoss(t)(qa, ka, valid, pert)
+    qb, kb = q.clone().requires_grad_(), k.clone().requires_grad_()
+    ref = naive_spot(qb, kb, valid, pert, t)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    got.backward()
+    ref.backward()
+    torch.testing.assert_close(qa.grad, qb.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(ka.grad, kb.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_perturbation_contrast_negatives_from_other_images_and_clean_keys_ignored() -> None:
+    # Image 0 is clean everywhere (all anchors, key == query); image 1 has a single perturbed key,
+    # orthogonal to the anchors. Clean keys (even identical ones) are no negatives, so each anchor
+    # sees exactly [pos = 1/T, one negative = 0].
+    t = 0.5
+    q = torch.zeros(2, 4, 2, 2)
+    q[:, 0] = 1.0  # every location e0
+    k = q.clone()
+    k[1, :, 1, 1] = torch.tensor([0.0, 3.0, 0.0, 0.0])  # e1, perturbed
+    valid = torch.ones(2, 2, 2, dtype=torch.bool)
+    pert = torch.zeros(2, 2, 2, dtype=torch.bool)
+    pert[1, 1, 1] = True
+    loss = PerturbationContrastLoss(t)(q, k, valid, pert)
+    assert loss.item() == pytest.approx(-1 / t + math.log(math.exp(1 / t) + 1), rel=1e-6)
+    # the perturbed key equal to the anchors: positive and negative tie -> log 2
+    k[1, :, 1, 1] = torch.tensor([2.0, 0.0, 0.0, 0.0])
+    assert PerturbationContrastLoss(t)(q, k, valid, pert).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+@pytest.mark.parametrize("case", ["no_negatives", "no_anchors", "nothing_valid", "perturbed_but_invalid"])
+def test_perturbation_contrast_zero_with_grad(case: str) -> None:
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 4, 2, 2, generator=g, requires_grad=True)
+    k = torch.randn(2, 4, 2, 2, generator=g)
+    valid = torch.ones(2, 2, 2, dtype=torch.bool)
+    pert = torch.zeros(2, 2, 2, dtype=torch.bool)
+    if case == "no_anchors":
+        pert[:] = True
+    elif case == "nothing_valid":
+        valid[:], pert[0, 0, 0] = False, True
+    elif case == "perturbed_but_invalid":
+        pert[1, 1, 1], valid[1, 1, 1] = True, False
+    loss = PerturbationContrastLoss(0.2)(q, k, valid, pert)
+    assert loss.dim() == 0 and loss.item() == 0.0
+    loss.backward()  # still part of the graph
+    assert q.grad is not None and torch.equal(q.grad, torch.zeros_like(q))
+
+
+def test_perturbation_contrast_temperature_scaling() -> None:
+    g = torch.Generator().manual_seed(5)
+    q, k = torch.randn(3, 5, 2, 2, generator=g), torch.randn(3, 5, 2, 2, generator=g)
+    valid = torch.ones(3, 2, 2, dtype=torch.bool)
+    pert = torch.rand(3, 2, 2, generator=g) < 0.4
+    pert[0, 0, 0], pert[2, 1, 1] = False, True
+    for t in (0.05, 0.2, 2.0):
+        torch.testing.assert_close(PerturbationContrastLoss(t)(q, k, valid, pert), naive_spot(q, k, valid, pert, t),
+                                   rtol=1e-5, atol=1e-5)
+    # anchors == keys, P orthogonal perturbed keys: loss = log(1 + P exp(-1/T)), sharper with lower T
+    q = torch.zeros(1, 4, 1, 3)
+    q[0, 0] = 1.0
+    k = q.clone()
+    k[0, 1, 0, 1:] = 1.0
+    k[0, 0, 0, 1:] = 0.0
+    pert = torch.tensor([[[False, True, True]]])
+    valid = torch.ones(1, 1, 3, dtype=torch.bool)
+    vals = []
+    for t in (0.1, 0.5, 2.0):
+        got = PerturbationContrastLoss(t)(q, k, valid, pert).item()
+        assert got == pytest.approx(math.log(1 + 2 * math.exp(-1 / t)), rel=1e-5, abs=1e-7)  # float32 log-softmax
+        vals.append(got)
+    assert vals[0] < vals[1] < vals[2]
+    assert PerturbationContrastLoss().temperature == 0.2

@@ -21,6 +21,16 @@ from pipeline.scoring.inspector import Inspector
 from pipeline.scoring.knn import nearest_distance
 from pipeline.scoring.patch_features import PatchFeatures
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP barriers under contention make
+    small convolutions ~50x slower with 2 threads; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # --------------------------------------------------------------------------- coreset
 
 
@@ -123,7 +133,7 @@ def test_coreset_n_select_equals_n() -> None:
 # --------------------------------------------------------------------------- kNN
 
 
-@pytest.mark.parametrize("chunk", [1, 7, 64, 100, 1000])
+@pytest.mark.parametrize("chunk", [3, 7, 64, 100, 1000])
 def test_nearest_distance_chunked_equals_naive(chunk: int) -> None:
     g = torch.Generator().manual_seed(0)
     q, bank = torch.randn(50, 32, generator=g), torch.randn(100, 32, generator=g)
@@ -211,6 +221,16 @@ def test_split_holdout(n: int, frac: float) -> None:
 # --------------------------------------------------------------------------- threshold calibration (exact)
 
 
+_TINY_ENCODER: list[Encoder] = []
+
+
+def _tiny_encoder() -> Encoder:
+    if not _TINY_ENCODER:
+        torch.manual_seed(0)
+        _TINY_ENCODER.append(Encoder(EncoderConfig(taps=("layer2",))))
+    return _TINY_ENCODER[0]
+
+
 def _tiny_fit(monkeypatch: pytest.MonkeyPatch, values: np.ndarray, target: float) -> Inspector:
     """fit_inspector on tiny images, with the held-out raw maps replaced by constant maps of `values`."""
     s = 32
@@ -218,47 +238,56 @@ def _tiny_fit(monkeypatch: pytest.MonkeyPatch, values: np.ndarray, target: float
     images = torch.randint(0, 256, (2 * n_hold, 1, s, s), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     maps = torch.from_numpy(values.astype(np.float32))[:, None, None].expand(n_hold, s, s).clone()
     monkeypatch.setattr(fit_mod, "raw_maps", lambda inspector, imgs, **kw: maps)
-    torch.manual_seed(0)
     cfg = ScorerConfig(image_size=s, blur_sigma=0, holdout_fraction=0.5, target_false_alarm_rate=target, coreset_ratio=0.5)
-    res = fit_inspector(Encoder(EncoderConfig(taps=("layer2",))), images, cfg, progress=False)
+    res = fit_inspector(_tiny_encoder(), images, cfg, progress=False)
     assert res.n_holdout_images == n_hold
     return res.inspector
 
 
-@pytest.mark.xfail(
-    reason="fit.py calibrates on float64-cast scores; the threshold step is lost when stored in the "
-           "inspector's float32 buffers, and the float32 normalization can round the boundary score "
-           "onto 0.5, so held-out good images are flagged beyond the target rate",
-    strict=True,
-)
-def test_calibrated_threshold_is_exact_on_holdout_scores(monkeypatch: pytest.MonkeyPatch) -> None:
-    """On the very scores it was calibrated on, flagging must stay within the target rate."""
+def test_calibrated_threshold_flags_no_holdout_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default target (1%) on 5 held-out images: calibration must flag none of them."""
     rng = np.random.default_rng(0)
     violations = []
-    for trial in range(12):
+    for trial in range(6):
         values = rng.uniform(20.0, 30.0, size=5).astype(np.float32)
-        insp = _tiny_fit(monkeypatch, values, target=0.2)  # <= 1 of 5 may be flagged
+        insp = _tiny_fit(monkeypatch, values, target=0.01)
         maps = torch.from_numpy(values)[:, None, None].expand(5, 32, 32).clone()
         insp.raw_map = lambda x: maps  # forward's own arithmetic on known raw maps
         with torch.no_grad():
             out = insp(torch.zeros(5, 32, 32, 1, dtype=torch.uint8))
-        assert torch.equal(out.is_defect, out.score >= 0.5)
-        if out.is_defect.float().mean().item() > 0.2:
-            violations.append((trial, values.tolist(), out.score.tolist()))
+        stored_above_max = insp.threshold_raw.item() > float(values.max())
+        if out.is_defect.any() or not stored_above_max:
+            violations.append((trial, float(values.max()), insp.threshold_raw.item(), out.score.max().item()))
     assert not violations, violations
+
+
+def test_calibrated_threshold_flags_at_most_target_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Target 20% on 5 images: the threshold is the max score itself; at most one image flagged."""
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        values = rng.uniform(20.0, 30.0, size=5).astype(np.float32)
+        insp = _tiny_fit(monkeypatch, values, target=0.2)
+        assert insp.threshold_raw.item() == float(values.max())
+        maps = torch.from_numpy(values)[:, None, None].expand(5, 32, 32).clone()
+        insp.raw_map = lambda x: maps
+        with torch.no_grad():
+            out = insp(torch.zeros(5, 32, 32, 1, dtype=torch.uint8))
+        assert int(out.is_defect.sum()) <= 1
+        assert out.score.max().item() == pytest.approx(0.5, abs=1e-6)
+        assert (out.score[values < values.max()] < 0.5).all()
 
 
 def test_calibrated_threshold_normalization(monkeypatch: pytest.MonkeyPatch) -> None:
     values = np.array([21.0, 25.0, 22.5, 29.0, 24.0], dtype=np.float32)
     insp = _tiny_fit(monkeypatch, values, target=0.2)
-    # threshold just above the 2nd-highest score (only 29 may be flagged), offset = mean raw map
+    # flagging score >= 29 flags 1 of 5 = 20%: the threshold is 29 itself; offset = mean raw map
     assert insp.norm_offset.item() == pytest.approx(values.mean(), rel=1e-6)
-    assert insp.threshold_raw.item() == pytest.approx(25.0, rel=1e-6)
+    assert insp.threshold_raw.item() == 29.0
     maps = torch.from_numpy(values)[:, None, None].expand(5, 32, 32).clone()
     insp.raw_map = lambda x: maps
     with torch.no_grad():
         out = insp(torch.zeros(5, 32, 32, 1, dtype=torch.uint8))
-    expected = (values - values.mean()) * 0.5 / (25.0 - values.mean())
+    expected = (values - values.mean()) * 0.5 / (29.0 - values.mean())
     np.testing.assert_allclose(out.score.numpy(), expected, rtol=1e-5)
     np.testing.assert_allclose(out.anomaly_map.numpy(), np.broadcast_to(expected[:, None, None], (5, 32, 32)), rtol=1e-5)
     assert out.is_defect[3] and not out.is_defect[[0, 2, 4]].any()
@@ -269,7 +298,7 @@ def test_calibrated_threshold_normalization(monkeypatch: pytest.MonkeyPatch) -> 
 S = 128
 TEXTURE = "brushed_metal"
 KINDS = ("spot", "contamination", "crack")
-SEEDS = (0, 1, 2, 3)
+SEEDS = (0, 1, 2, 3, 4, 5)
 
 
 def _lite0_encoder() -> Encoder:
@@ -323,7 +352,7 @@ def test_anomaly_map_peaks_inside_defect(fitted: dict) -> None:
         hits[kinds[i]] += bool(dilated[y, x])
     total = sum(hits.values())
     assert total >= 0.8 * len(masks), hits
-    assert hits["spot"] >= len(SEEDS) - 1, hits
+    assert hits["spot"] >= 0.8 * len(SEEDS), hits
 
 
 def test_defects_score_higher_than_good(fitted: dict) -> None:

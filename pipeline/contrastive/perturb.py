@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-KINDS = ("cutpaste", "scar", "blob")
+KINDS = ("cutpaste", "scar", "blob", "smear")
 
 
 @dataclass
@@ -28,8 +28,10 @@ class PerturbConfig:
     def __post_init__(self) -> None:
         self.size, self.strength, self.kinds = tuple(self.size), tuple(self.strength), tuple(self.kinds)
         bad = set(self.kinds) - set(KINDS)
-        if bad:
-            raise ValueError(f"unknown perturbation kind(s) {sorted(bad)}; choose from {KINDS}")
+        if bad or not self.kinds:
+            raise ValueError(f"perturb.kinds must be a non-empty subset of {KINDS}, got {self.kinds}")
+        if not 0 <= self.prob <= 1 or self.max_count < 1 or not 0 < self.size[0] <= self.size[1] <= 1:
+            raise ValueError("perturb: need 0 <= prob <= 1, max_count >= 1 and 0 < size[0] <= size[1] <= 1")
 
 
 def _u(g: torch.Generator, lo: float, hi: float) -> float:
@@ -61,7 +63,7 @@ def _scar(img: torch.Tensor, cfg: PerturbConfig, g: torch.Generator) -> tuple[to
     length = _u(g, *cfg.size) * 2 * max(h, w)
     cy, cx, ang = _u(g, 0, h - 1), _u(g, 0, w - 1), _u(g, 0, torch.pi)
     dy, dx = torch.sin(torch.tensor(ang)), torch.cos(torch.tensor(ang))
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    yy, xx = _grid(h, w, img.device)
     along = (yy - cy) * dy + (xx - cx) * dx
     across = (-(yy - cy) * dx + (xx - cx) * dy).abs()
     alpha = ((_u(g, 0.5, 1.5) - across).clamp(0, 1) * (along.abs() <= length / 2)).clamp(0, 1)  # [h, w]
@@ -69,19 +71,44 @@ def _scar(img: torch.Tensor, cfg: PerturbConfig, g: torch.Generator) -> tuple[to
     return sign * _u(g, *cfg.strength) * alpha[None].expand(c, h, w), alpha > 0
 
 
-def _blob(img: torch.Tensor, cfg: PerturbConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """An elliptical stain with a soft edge, truncated so the mask is exact."""
-    c, h, w = img.shape
+def _grid(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    ys, xs = torch.arange(h, dtype=torch.float32, device=device), torch.arange(w, dtype=torch.float32, device=device)
+    return torch.meshgrid(ys, xs, indexing="ij")
+
+
+def _ellipse(h: int, w: int, cfg: PerturbConfig, g: torch.Generator, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Soft elliptical weight [h, w] (flat core, linear edge, exactly 0 outside) and the
+    offsets (dy, dx) of each pixel from its centre, in radii."""
     ry, rx = _u(g, *cfg.size) * h / 2 + 1, _u(g, *cfg.size) * w / 2 + 1
     cy, cx = _u(g, 0, h - 1), _u(g, 0, w - 1)
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    r2 = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2
-    alpha = (1.5 * (1 - r2)).clamp(0, 1)  # flat core, linear edge, exactly 0 outside the ellipse
+    yy, xx = _grid(h, w, device)
+    dy, dx = (yy - cy) / ry, (xx - cx) / rx
+    return (1.5 * (1 - dy**2 - dx**2)).clamp(0, 1), dy, dx
+
+
+def _blob(img: torch.Tensor, cfg: PerturbConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A stain (uniform tone shift) or, half the time, dent-like shading (lit on one
+    side, shaded on the other) inside a soft ellipse."""
+    c, h, w = img.shape
+    alpha, dy, dx = _ellipse(h, w, cfg, g, img.device)
+    if float(torch.rand(1, generator=g)) < 0.5:
+        ang = _u(g, 0, 2 * torch.pi)
+        alpha = alpha * (dy * torch.sin(torch.tensor(ang)) + dx * torch.cos(torch.tensor(ang))).clamp(-1, 1)
     sign = 1.0 if float(torch.rand(1, generator=g)) < 0.5 else -1.0
-    return sign * _u(g, *cfg.strength) * alpha[None].expand(c, h, w), alpha > 0
+    return sign * _u(g, *cfg.strength) * alpha[None].expand(c, h, w), alpha != 0
 
 
-_MAKERS = {"cutpaste": _cutpaste, "scar": _scar, "blob": _blob}
+def _smear(img: torch.Tensor, cfg: PerturbConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss of fine texture (worn, polished or unprinted area): the region is blended
+    towards a heavily blurred copy of itself."""
+    c, h, w = img.shape
+    alpha, _, _ = _ellipse(h, w, cfg, g, img.device)
+    k = 9
+    blurred = F.avg_pool2d(F.pad(img[None], (k // 2,) * 4, mode="replicate"), k, stride=1)[0]
+    return alpha[None] * _u(g, 0.7, 1.0) * (blurred - img), alpha > 0
+
+
+_MAKERS = {"cutpaste": _cutpaste, "scar": _scar, "blob": _blob, "smear": _smear}
 
 
 def perturb(views: torch.Tensor, cfg: PerturbConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,6 +5,9 @@ Objectives (`PretrainConfig.method`):
 - "moco":    MoCo v2: momentum key encoder and a queue of negatives.
 - "densecl": NT-Xent plus a dense InfoNCE over geometrically matched locations,
              because the scorer reads patch features, not pooled ones.
+- "spotdiff": dense spot-the-difference: matched clean locations are positives,
+             anomaly-like perturbations (`perturb.py`) the only negatives; good
+             surface is never pushed apart from good surface.
 The global embedding pools the *deepest tap the scorer uses*, so the loss shapes
 exactly the features the scorer reads (and deeper stages are never computed).
 """
@@ -26,11 +29,12 @@ from models.encoder import Encoder, EncoderConfig
 from models.heads import DenseProjectionHead, ProjectionHead
 from pipeline.checkpoint import load_checkpoint, save_atomic
 from pipeline.contrastive.augment import PhotometricConfig, photometric
-from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss
+from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss, PerturbationContrastLoss
 from pipeline.contrastive.perturb import PerturbConfig, cell_mask, perturb
 from pipeline.contrastive.views import ViewConfig, correspondence, render_views, sample_affines
 
-METHODS = ("simclr", "moco", "densecl")
+METHODS = ("simclr", "moco", "densecl", "spotdiff")
+DENSE_METHODS = ("densecl", "spotdiff")
 STATE_FILE = "pretrain_state.pt"  # everything needed to resume
 ENCODER_FILE = "encoder.pt"  # the encoder alone: state_dict + config
 
@@ -58,6 +62,10 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown pretraining method {self.method!r}; choose from {METHODS}")
+        if isinstance(self.perturb, dict):  # nested configs given as dicts (overrides)
+            self.perturb = PerturbConfig(**self.perturb)
+        if self.method == "spotdiff" and self.perturb.prob <= 0:
+            raise ValueError("pretrain.method 'spotdiff' needs pretrain.perturb.prob > 0 (its negatives are perturbations)")
 
 
 @dataclass
@@ -81,7 +89,7 @@ class ContrastiveModel(nn.Module):
         self.encoder = encoder
         self.head = ProjectionHead(encoder.tap_channels[-1], cfg.proj_hidden, cfg.proj_dim)
         dense_in = sum(encoder.tap_channels)
-        self.dense_head = DenseProjectionHead(dense_in, cfg.proj_hidden, cfg.proj_dim) if cfg.method == "densecl" else None
+        self.dense_head = DenseProjectionHead(dense_in, cfg.proj_hidden, cfg.proj_dim) if cfg.method in DENSE_METHODS else None
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: [N, C, h, w] -> (z [N, proj_dim], dense [N, proj_dim, h/s0, w/s0] or None)."""
@@ -169,6 +177,7 @@ def pretrain(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     ntxent, infonce, dense_loss = NTXentLoss(cfg.temperature), InfoNCEQueueLoss(cfg.temperature), DenseInfoNCELoss(cfg.temperature)
+    spot_loss = PerturbationContrastLoss(cfg.temperature)
 
     start_epoch, losses, seconds, seen = 0, [], 0.0, 0
     state_path = out_dir / STATE_FILE
@@ -191,6 +200,8 @@ def pretrain(
         model.train()
         if cfg.freeze_bn:
             _freeze_bn(model.encoder)
+            if key_model is not None:  # keys and queries must come from the same function
+                _freeze_bn(key_model.encoder)
         perm = torch.randperm(n, generator=g)
         t0, epoch_loss = time.perf_counter(), 0.0
         bar = tqdm(range(steps_per_epoch), desc=f"pretrain {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
@@ -204,9 +215,9 @@ def pretrain(
             v0 = photometric(render_views(x, theta0.to(device), cfg.views.crop_size), cfg.photometric, g)
             v1 = photometric(render_views(x, theta1.to(device), cfg.views.crop_size), cfg.photometric, g)
             pmask = None
-            if cfg.method == "densecl" and cfg.perturb.prob > 0:
+            if cfg.method in DENSE_METHODS and cfg.perturb.prob > 0:
                 v1, pmask = perturb(v1, cfg.perturb, g)
-            loss = _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, pmask)
+            loss = _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, spot_loss, pmask)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -235,13 +246,22 @@ def pretrain(
     return PretrainResult(out_dir / ENCODER_FILE, cfg.epochs - start_epoch, seconds, seen / seconds if seconds else 0.0, losses)
 
 
-def _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, pmask=None) -> torch.Tensor:
+def _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, spot_loss, pmask=None) -> torch.Tensor:
     """The configured objective on one batch of view pairs (symmetric in the two views).
 
     pmask: bool [N, S, S] pixels of view 1 changed by anomaly-like perturbations, or None.
     """
     z0, d0 = model.embed(v0)
     z1, d1 = model.embed(v1)
+    if cfg.method == "spotdiff":
+        if pmask is None:
+            raise ValueError("pretrain.method 'spotdiff' needs pretrain.perturb.prob > 0")
+        h, w = d0.shape[-2:]
+        grid01, valid01 = correspondence(theta0, theta1, h, w)
+        k01 = F.grid_sample(d1, grid01.to(d1.device), mode="bilinear", align_corners=False)
+        pert1 = cell_mask(pmask, h, w)
+        hard01 = F.grid_sample(pert1[:, None].float(), grid01.to(d1.device), mode="nearest", align_corners=False)[:, 0] > 0
+        return spot_loss(d0, k01, valid01.to(d0.device), hard01)
     if cfg.method == "moco":
         with torch.no_grad():
             k0, k1 = key_model.embed(v0)[0], key_model.embed(v1)[0]

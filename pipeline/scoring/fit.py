@@ -95,7 +95,8 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     del feats
     maps = raw_maps(inspector, images[hold_idx], progress=progress)
     scores = inspector.reduce(maps).numpy()
-    thr = calibrate_threshold(scores.astype(np.float64), cfg.target_false_alarm_rate)
+    # float32 like the buffer it lands in, so storing it cannot round it onto a held-out score
+    thr = calibrate_threshold(scores.astype(np.float32), cfg.target_false_alarm_rate)
     inspector.set_threshold(float(thr), float(maps.mean()))
     return FitResult(inspector, n_patches, n_select, len(bank_idx), len(hold_idx), float(thr), scores.tolist(), t_feat, t_core, time.perf_counter() - t0)
 

@@ -20,7 +20,7 @@ from pipeline.scoring.patch_features import PatchFeatures
 class InspectorOutput(NamedTuple):
     score: torch.Tensor  # [N] float, normalized: the threshold sits at 0.5
     anomaly_map: torch.Tensor  # [N, S, S] float, same normalization
-    is_defect: torch.Tensor  # [N] bool, score >= 0.5
+    is_defect: torch.Tensor  # [N] bool, raw score >= calibrated threshold (score >= 0.5 up to rounding)
 
 
 class Inspector(nn.Module):
@@ -86,6 +86,8 @@ class Inspector(nn.Module):
 
     def forward(self, frames: torch.Tensor) -> InspectorOutput:
         raw = self.raw_map(self.preprocess(frames))
+        raw_score = self.reduce(raw)
         amap = (raw - self.norm_offset) * self.norm_scale
-        score = (self.reduce(raw) - self.norm_offset) * self.norm_scale
-        return InspectorOutput(score, amap, score >= 0.5)
+        score = (raw_score - self.norm_offset) * self.norm_scale
+        # decide on the raw score: the normalized one can round onto 0.5 from either side
+        return InspectorOutput(score, amap, raw_score >= self.threshold_raw)

@@ -1,0 +1,301 @@
+"""Contrastive pretraining: smoke runs per method, determinism, resume after a kill, freeze_bn."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.encoder import Encoder, EncoderConfig
+from pipeline.contrastive.augment import PhotometricConfig
+from pipeline.contrastive.perturb import PerturbConfig
+from pipeline.contrastive.pretrain import (
+    ENCODER_FILE,
+    STATE_FILE,
+    ContrastiveModel,
+    PretrainConfig,
+    _enqueue,
+    _lr_at,
+    load_encoder,
+    pretrain,
+)
+from pipeline.contrastive.views import ViewConfig
+from pipeline.data.synthetic import make_surface
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """One intra-op thread: on a shared 2-core machine, OpenMP barriers under contention make
+    small convolutions ~50x slower with 2 threads; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """8 good surfaces, uint8 [8, 1, 64, 64]."""
+    return torch.from_numpy(np.stack([make_surface(np.random.default_rng([5, i]), "brushed_metal", (64, 64)) for i in range(8)]))[:, None]
+
+
+METHODS = ("simclr", "moco", "densecl")
+
+
+def _cfg(method: str, epochs: int = 1, **kw) -> PretrainConfig:
+    base = dict(method=method, epochs=epochs, batch_size=4, lr=1e-3, warmup_epochs=0.5, proj_hidden=32, proj_dim=16,
+                queue_size=16, seed=0, views=ViewConfig(crop_size=32), photometric=PhotometricConfig(blur_prob=0.5))
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def _encoder(seed: int = 0) -> Encoder:
+    torch.manual_seed(seed)
+    return Encoder(EncoderConfig(taps=("layer2",)))  # stride 8: a 4 x 4 dense map on 32 px crops
+
+
+def _clone_state(m: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_and_writes_checkpoints(method: str, images: torch.Tensor, tmp_path: Path) -> None:
+    enc = _encoder()
+    before = _clone_state(enc)
+    res = pretrain(images, enc, _cfg(method, epochs=2), tmp_path, progress=False, meta={"tag": "t"})
+    assert res.epochs_run == 2 and len(res.losses) == 2
+    assert all(math.isfinite(x) and x > 0 for x in res.losses)
+    assert res.encoder_path == tmp_path / ENCODER_FILE and res.encoder_path.is_file()
+    assert (tmp_path / STATE_FILE).is_file()
+    assert not enc.training  # handed back in eval mode
+    assert any(not torch.equal(before[k], v) for k, v in enc.state_dict().items() if k.endswith("weight"))
+    # encoder.pt: the trained encoder alone, loadable without the training code's objects
+    loaded, ckpt = load_encoder(res.encoder_path)
+    _assert_same(loaded.state_dict(), enc.state_dict())
+    assert loaded.cfg == enc.cfg and ckpt["epochs"] == 2 and ckpt["tag"] == "t" and ckpt["pretrain"]["method"] == method
+    state = torch.load(tmp_path / STATE_FILE, map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2 and state["losses"] == res.losses and state["seen"] == 2 * 8
+    assert ("key_model" in state) == (method == "moco")
+    if method == "moco":  # queue rows are unit keys
+        torch.testing.assert_close(state["queue"].norm(dim=1), torch.ones(16))
+        assert state["queue_ptr"] == (2 * 8) % 16
+    has_dense = any(k.startswith("dense_head.") for k in state["model"])
+    assert has_dense == (method == "densecl")
+
+
+@pytest.mark.parametrize("method", ["densecl", "moco"])
+def test_deterministic_under_seed(method: str, images: torch.Tensor, tmp_path: Path) -> None:
+    runs = []
+    for i in range(2):
+        enc = _encoder()
+        res = pretrain(images, enc, _cfg(method), tmp_path / str(i), progress=False)
+        runs.append((_clone_state(enc), res.losses))
+    _assert_same(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
+    enc = _encoder()
+    pretrain(images, enc, _cfg(method, seed=1), tmp_path / "other", progress=False)
+    assert any(not torch.equal(runs[0][0][k], v) for k, v in enc.state_dict().items())
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_after(epoch: int):
+    def cb(e: int, loss: float) -> None:
+        assert math.isfinite(loss)
+        if e == epoch:
+            raise _Killed
+    return cb
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_resume_after_kill_equals_uninterrupted(method: str, images: torch.Tensor, tmp_path: Path) -> None:
+    cfg = _cfg(method, epochs=2)
+    straight = _encoder()
+    ref = pretrain(images, straight, cfg, tmp_path / "straight", progress=False)
+
+    killed = _encoder()
+    with pytest.raises(_Killed):
+        pretrain(images, killed, cfg, tmp_path / "resumed", progress=False, on_epoch=_kill_after(1))
+    assert torch.load(tmp_path / "resumed" / STATE_FILE, weights_only=True)["epoch"] == 1
+    assert load_encoder(tmp_path / "resumed" / ENCODER_FILE)[1]["epochs"] == 1
+
+    fresh = _encoder(seed=123)  # whatever it starts with, the state file wins
+    res = pretrain(images, fresh, cfg, tmp_path / "resumed", resume=True, progress=False)
+    assert res.epochs_run == 1
+    assert res.losses == ref.losses
+    _assert_same(fresh.state_dict(), straight.state_dict())
+    a = torch.load(tmp_path / "straight" / STATE_FILE, weights_only=True)
+    b = torch.load(tmp_path / "resumed" / STATE_FILE, weights_only=True)
+    _assert_same(a["model"], b["model"])
+    assert torch.equal(a["generator"], b["generator"])
+    if method == "moco":
+        _assert_same(a["key_model"], b["key_model"])
+        assert torch.equal(a["queue"], b["queue"]) and a["queue_ptr"] == b["queue_ptr"]
+
+
+def test_resume_rejects_other_config_and_finished_run_is_noop(images: torch.Tensor, tmp_path: Path) -> None:
+    enc = _encoder()
+    pretrain(images, enc, _cfg("simclr"), tmp_path, progress=False)
+    done = _clone_state(enc)
+    with pytest.raises(ValueError, match="another pretraining config"):
+        pretrain(images, _encoder(), _cfg("simclr", epochs=2), tmp_path, resume=True, progress=False)
+    again = _encoder(seed=5)
+    res = pretrain(images, again, _cfg("simclr"), tmp_path, resume=True, progress=False)
+    assert res.epochs_run == 0 and len(res.losses) == 1
+    _assert_same(again.state_dict(), done)
+
+
+def test_resume_without_state_starts_fresh(images: torch.Tensor, tmp_path: Path) -> None:
+    a, b = _encoder(), _encoder()
+    pretrain(images, a, _cfg("simclr"), tmp_path / "a", progress=False)
+    pretrain(images, b, _cfg("simclr"), tmp_path / "b", resume=True, progress=False)
+    _assert_same(a.state_dict(), b.state_dict())
+
+
+def test_zero_epochs_saves_initial_encoder(images: torch.Tensor, tmp_path: Path) -> None:
+    enc = _encoder()
+    before = _clone_state(enc)
+    res = pretrain(images, enc, _cfg("densecl", epochs=0), tmp_path, progress=False)
+    assert res.epochs_run == 0 and res.losses == [] and res.images_per_second == 0.0
+    loaded, ckpt = load_encoder(tmp_path / ENCODER_FILE)
+    assert ckpt["epochs"] == 0
+    _assert_same(loaded.state_dict(), before)
+    _assert_same(enc.state_dict(), before)
+
+
+def test_freeze_bn_keeps_running_stats(images: torch.Tensor, tmp_path: Path) -> None:
+    def bn_stats(enc: Encoder) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in enc.state_dict().items() if "running_" in k or "num_batches" in k}
+
+    for method in ("densecl", "moco"):
+        enc = _encoder()
+        before, weights = bn_stats(enc), _clone_state(enc)
+        pretrain(images, enc, _cfg(method, freeze_bn=True), tmp_path / method, progress=False)
+        _assert_same(bn_stats(enc), before)
+        assert any(not torch.equal(weights[k], v) for k, v in enc.state_dict().items() if k.endswith("conv1.weight"))
+    # without freezing, the statistics do move
+    enc = _encoder()
+    before = bn_stats(enc)
+    pretrain(images, enc, _cfg("simclr"), tmp_path / "free", progress=False)
+    assert any(not torch.equal(before[k], v) for k, v in bn_stats(enc).items())
+
+
+def test_input_validation(images: torch.Tensor, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="method"):
+        PretrainConfig(method="byol")
+    with pytest.raises(ValueError, match="at least 2"):
+        pretrain(images[:1], _encoder(), _cfg("simclr"), tmp_path, progress=False)
+
+
+def test_contrastive_model_embed_shapes() -> None:
+    model = ContrastiveModel(_encoder(), _cfg("densecl")).eval()
+    with torch.no_grad():
+        z, dense = model.embed(torch.rand(3, 1, 32, 32))
+    assert z.shape == (3, 16) and dense.shape == (3, 16, 4, 4)
+    simclr = ContrastiveModel(_encoder(), _cfg("simclr")).eval()
+    with torch.no_grad():
+        z, dense = simclr.embed(torch.rand(2, 1, 32, 32))
+    assert z.shape == (2, 16) and dense is None
+
+
+def test_lr_schedule_and_queue_ring_buffer() -> None:
+    base, total, warmup = 1.0, 10, 2
+    lrs = [_lr_at(s, total, warmup, base) for s in range(total)]
+    assert lrs[:2] == [0.5, 1.0]
+    assert lrs[2] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))  # cosine decay after warm-up
+    assert lrs[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
+    queue = torch.zeros(5, 2)
+    keys = torch.arange(8.0).view(4, 2)
+    q1, p1 = _enqueue(queue, 3, keys)
+    assert p1 == 2 and torch.equal(queue, torch.zeros(5, 2))  # not modified in place
+    assert torch.equal(q1[[3, 4, 0, 1]], keys) and torch.equal(q1[2], torch.zeros(2))
+
+
+def test_densecl_objective_combines_global_and_dense() -> None:
+    import inspect
+
+    import torch.nn.functional as F
+
+    from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss
+    from pipeline.contrastive.pretrain import _loss
+    from pipeline.contrastive.views import correspondence, render_views, sample_affines
+
+    cfg = _cfg("densecl", dense_weight=0.3)
+    torch.manual_seed(0)
+    model = ContrastiveModel(_encoder(), cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 64, 64, generator=g)
+    t0 = sample_affines(4, cfg.views, g)
+    t1 = sample_affines(4, cfg.views, g, centers=t0[:, :, 2])
+    v0, v1 = render_views(x, t0, 32), render_views(x, t1, 32)
+    nt, dl = NTXentLoss(cfg.temperature), DenseInfoNCELoss(cfg.temperature, max_negatives=10**6)
+    kwargs = dict(model=model, key_model=None, cfg=cfg, v0=v0, v1=v1, theta0=t0, theta1=t1, queue=None, g=g,
+                  ntxent=nt, infonce=InfoNCEQueueLoss(), dense_loss=dl)
+    params = inspect.signature(_loss).parameters
+    kwargs.update({k: None for k in params if k not in kwargs})  # optional extras (e.g. other objectives' losses)
+    with torch.no_grad():
+        got = _loss(**kwargs)
+        z0, d0 = model.embed(v0)
+        z1, d1 = model.embed(v1)
+        grid01, valid01 = correspondence(t0, t1, 4, 4)
+        grid10, valid10 = correspondence(t1, t0, 4, 4)
+        assert valid01.any() and valid10.any()
+        k01 = F.grid_sample(d1, grid01, mode="bilinear", align_corners=False)
+        k10 = F.grid_sample(d0, grid10, mode="bilinear", align_corners=False)
+        dense = 0.5 * (dl(d0, k01, valid01) + dl(d1, k10, valid10))
+        expected = 0.7 * nt(z0, z1) + 0.3 * dense
+    assert dense > 0
+    torch.testing.assert_close(got, expected)
+
+
+# --------------------------------------------------------------------------- anomaly-like perturbations
+
+
+def test_spotdiff_trains_deterministically(images: torch.Tensor, tmp_path: Path) -> None:
+    cfg = _cfg("spotdiff", perturb=PerturbConfig(prob=0.7))
+    runs = []
+    for i in range(2):
+        enc = _encoder()
+        before = _clone_state(enc)
+        res = pretrain(images, enc, cfg, tmp_path / str(i), progress=False)
+        assert res.epochs_run == 1 and len(res.losses) == 1
+        assert all(math.isfinite(x) and x > 0 for x in res.losses)
+        assert any(not torch.equal(before[k], v) for k, v in enc.state_dict().items() if k.endswith("weight"))
+        runs.append((_clone_state(enc), res.losses))
+    _assert_same(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
+    state = torch.load(tmp_path / "0" / STATE_FILE, map_location="cpu", weights_only=True)
+    assert any(k.startswith("dense_head.") for k in state["model"])
+    assert state["config"]["method"] == "spotdiff"
+    enc = _encoder()
+    other = pretrain(images, enc, _cfg("spotdiff", seed=1, perturb=PerturbConfig(prob=0.7)), tmp_path / "other", progress=False)
+    assert other.losses != runs[0][1]
+
+
+def test_spotdiff_needs_perturbations(images: torch.Tensor, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="perturb"):
+        pretrain(images, _encoder(), _cfg("spotdiff"), tmp_path, progress=False)
+    with pytest.raises(ValueError, match="perturb"):
+        pretrain(images, _encoder(), _cfg("spotdiff", perturb=PerturbConfig(prob=0.0)), tmp_path, progress=False)
+
+
+def test_densecl_with_perturbation_hard_negatives(images: torch.Tensor, tmp_path: Path) -> None:
+    plain = pretrain(images, _encoder(), _cfg("densecl"), tmp_path / "plain", progress=False)
+    enc = _encoder()
+    res = pretrain(images, enc, _cfg("densecl", perturb=PerturbConfig(prob=0.7)), tmp_path / "hard", progress=False)
+    assert res.epochs_run == 1 and all(math.isfinite(x) and x > 0 for x in res.losses)
+    assert res.losses != plain.losses  # the perturbations take part
+    loaded, ckpt = load_encoder(res.encoder_path)
+    _assert_same(loaded.state_dict(), enc.state_dict())
+    assert ckpt["pretrain"]["perturb"]["prob"] == 0.7
