@@ -29,6 +29,7 @@ ROWS: dict[str, tuple[str, dict]] = {
     "scratch/simclr": ("default", {"pretrain.method": "simclr", "pretrain.perturb": {"prob": 0.0}}),
     "scratch/moco": ("default", {"pretrain.method": "moco", "pretrain.perturb": {"prob": 0.0}}),
     "scratch/densecl": ("default", {"pretrain.method": "densecl", "pretrain.perturb": {"prob": 0.0}}),
+    "scratch/densecl+hard-negatives": ("default", {"pretrain.method": "densecl"}),
     "scratch/default": ("default", {}),
     "imagenet/no-training": ("imagenet-lite0", {"pretrain.epochs": 0}),
     "imagenet/default": ("imagenet-lite0", {}),

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from pipeline.atomic import atomic_open
 from pipeline.data.errors import DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -131,15 +131,5 @@ def write_image_atomic(path: Path, image: np.ndarray) -> None:
             f"could not encode an image of shape {array.shape} dtype {array.dtype} as {path.suffix!r} for {path}; "
             f"use one of {', '.join(IMAGE_EXTENSIONS)} and uint8 data"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file in the same folder so os.replace is an atomic rename on the same filesystem.
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.tobytes())
-        os.chmod(tmp_name, 0o644)  # mkstemp makes 0600; outputs should be readable like normal files
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    with atomic_open(path) as handle:
+        handle.write(buffer.tobytes())

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+
+from pipeline.atomic import atomic_open
 
 from .image import _check_labels_scores, image_auroc
 
@@ -36,29 +37,10 @@ def _new_figure(width: float, height: float) -> Any:
 
 
 def _save_atomic(fig: Any, path: Path | str) -> Path:
-    """Save ``fig`` as PNG to ``path`` atomically (temp file in the same folder + os.replace).
-
-    Args:
-        fig: a matplotlib Figure.
-        path: destination; parent folders are created.
-
-    Returns:
-        The destination path.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Unique temp name in the same folder: same filesystem, so os.replace is atomic,
-    # and concurrent writers to the same destination do not clobber each other's temp.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+    """Save ``fig`` as PNG to ``path`` atomically (temp file in the same folder + rename)."""
+    with atomic_open(path) as fh:
+        fig.savefig(fh, format="png")
+    return Path(path)
 
 
 def plot_roc(

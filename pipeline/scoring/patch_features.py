@@ -14,9 +14,10 @@ class PatchFeatures(nn.Module):
     are upsampled to the shallowest tap's grid, and all are concatenated.
     """
 
-    def __init__(self, tap_channels: list[int], agg_kernel: int = 3, feature_dim: int | None = None) -> None:
+    def __init__(self, tap_channels: list[int], agg_kernel: int = 3, feature_dim: int | None = None, grid_tap: int = 0) -> None:
         super().__init__()
         self.agg_kernel = agg_kernel
+        self.grid_tap = grid_tap  # which tap's grid the patches live on (finer taps are average-pooled onto it)
         total = sum(tap_channels)
         if feature_dim is not None and total % feature_dim:
             raise ValueError(f"feature_dim {feature_dim} must divide the tap channel total {total}")
@@ -24,14 +25,16 @@ class PatchFeatures(nn.Module):
         self.dim = total // self.group
 
     def forward(self, taps: list[torch.Tensor]) -> torch.Tensor:
-        """taps: [N, C_t, h_t, w_t] each -> [N, D, h, w] (h, w of the first tap)."""
-        h, w = taps[0].shape[-2:]
+        """taps: [N, C_t, h_t, w_t] each -> [N, D, h, w] (h, w of tap `grid_tap`)."""
+        h, w = taps[self.grid_tap].shape[-2:]
         k = self.agg_kernel
         feats = []
         for t in taps:
             if k > 1:
                 t = F.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=False)
-            if t.shape[-2:] != (h, w):
+            if t.shape[-1] > w:  # finer tap: average its cells onto the patch grid
+                t = F.avg_pool2d(t, t.shape[-1] // w)
+            elif t.shape[-2:] != (h, w):
                 t = F.interpolate(t, size=(h, w), mode="bilinear", align_corners=False)
             feats.append(t)
         x = torch.cat(feats, dim=1)
