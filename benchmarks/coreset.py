@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--manifest", type=Path, default=MTD)
     ap.add_argument("--config", default="imagenet-lite0")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.02, 0.1])
+    ap.add_argument("--variants", nargs="*", default=None, help="only these selection variants (default: all)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/coreset.json")
     args = ap.parse_args()
     cfg = load_config(args.config)
@@ -76,16 +77,24 @@ def main() -> None:
         m = m.numpy()
         return {"image_auroc": image_auroc(labels, s), "pixel_auroc": pixel_auroc(masks, m), "aupro": aupro(masks, m)}
 
-    rows = []
+    def save(rows: list[dict]) -> None:  # after every ratio, so a stopped run keeps what it measured
+        write_json_atomic(args.out, {"config": args.config, "n_patches": int(feats.shape[0]), "feature_dim": int(feats.shape[1]),
+                                     "feature_seconds": feature_seconds, "rows": rows, "commit": git_commit(),
+                                     "torch_threads": torch.get_num_threads()})
+
+    rows: list[dict] = []
     for ratio in args.ratios:
         k = min(feats.shape[0], math.ceil(ratio * feats.shape[0]))
         variants = {
             "global_greedy_proj64": dict(proj_dim=64, chunk_size=None),
             "chunked_100k_proj64": dict(proj_dim=64, chunk_size=100_000),
             "chunked_20k_proj64": dict(proj_dim=64, chunk_size=20_000),
+            "chunked_100k_refine4_proj64": dict(proj_dim=64, chunk_size=100_000, refine=4.0),
         }
+        if args.variants is not None:
+            variants = {n: kw for n, kw in variants.items() if n in args.variants}
         if k > 20_000:  # one global pass would take hours on 2 cores: that is the point of chunking
-            variants.pop("global_greedy_proj64")
+            variants.pop("global_greedy_proj64", None)
         for name, kw in variants.items():
             t = time.perf_counter()
             sel = greedy_coreset(feats, k, generator=torch.Generator().manual_seed(0), **kw)
@@ -93,13 +102,14 @@ def main() -> None:
             r = {"variant": name, "ratio": ratio, "bank_size": k, "select_seconds": sec, **score(feats[sel])}
             rows.append(r)
             print(r, flush=True)
-        sel = torch.randperm(feats.shape[0], generator=torch.Generator().manual_seed(0))[:k]
-        r = {"variant": "random_subset", "ratio": ratio, "bank_size": k, "select_seconds": 0.0, **score(feats[sel])}
-        rows.append(r)
-        print(r, flush=True)
-    write_json_atomic(args.out, {"config": args.config, "n_patches": int(feats.shape[0]), "feature_dim": int(feats.shape[1]),
-                                 "feature_seconds": feature_seconds, "rows": rows, "commit": git_commit(),
-                                 "torch_threads": torch.get_num_threads()})
+        if args.variants is None or "random_subset" in args.variants:
+            sel = torch.randperm(feats.shape[0], generator=torch.Generator().manual_seed(0))[:k]
+            r = {"variant": "random_subset", "ratio": ratio, "bank_size": k, "select_seconds": 0.0, **score(feats[sel])}
+            rows.append(r)
+            print(r, flush=True)
+        save(rows)
+
+    save(rows)
 
 
 if __name__ == "__main__":

@@ -417,3 +417,22 @@ def test_fit_rejects_wrong_size() -> None:
     torch.manual_seed(0)
     with pytest.raises(ValueError, match="resized"):
         fit_inspector(Encoder(EncoderConfig()), torch.zeros(4, 1, 64, 64, dtype=torch.uint8), ScorerConfig(image_size=32), progress=False)
+
+
+def test_coreset_refine_two_stage_is_unique_seeded_and_covers_better() -> None:
+    """Chunked + global refinement: exact size, unique, deterministic, and its coverage
+    radius is no worse than plain chunking at the same budget."""
+    from pipeline.scoring.coreset import greedy_coreset
+
+    x = torch.randn(4000, 8, generator=torch.Generator().manual_seed(3))
+
+    def pick(refine: float, seed: int = 0) -> torch.Tensor:
+        return greedy_coreset(x, 60, generator=torch.Generator().manual_seed(seed), proj_dim=None, chunk_size=500, refine=refine)
+
+    a, b = pick(4.0), pick(4.0)
+    assert torch.equal(a, b) and a.numel() == 60 and a.unique().numel() == 60
+
+    def radius(sel: torch.Tensor) -> float:
+        return float(torch.cdist(x, x[sel]).min(dim=1).values.max())
+
+    assert radius(a) <= radius(pick(1.0)) + 1e-6

@@ -16,6 +16,7 @@ class ScorerConfig:
     max_bank: int = 16384  # upper bound on memory-bank rows (latency and memory)
     coreset_proj_dim: int = 64  # random projection used only to *select* the coreset
     coreset_chunk: int = 100_000  # greedy k-center runs per chunk of this many patches
+    coreset_refine: float = 1.0  # >1: chunks keep refine x bank size, then one global pass (see coreset.py)
     knn_chunk: int = 4096  # memory-bank rows per matmul in the nearest-neighbour search
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     score_reduce: str = "max"  # image score = map max, or mean of the top `topk_fraction` pixels

@@ -42,12 +42,16 @@ def greedy_coreset(
     generator: torch.Generator,
     proj_dim: int | None = 64,
     chunk_size: int | None = None,
+    refine: float = 1.0,
 ) -> torch.Tensor:
     """Indices [n_select] (long, unique) of a k-center coreset of `features` [N, D].
 
     The first index is drawn from `generator` (the seed point). With `chunk_size`
     < N, points are shuffled into ceil(N / chunk_size) chunks, each reduced to
-    its share of `n_select`; chunk_size=None is one global pass.
+    its share of `n_select`; chunk_size=None is one global pass. With `refine` > 1
+    the chunks keep `refine * n_select` points between them and one global pass
+    picks the final `n_select` from those: chunks alone each spend budget on the
+    same kind of outlier, the global pass removes that redundancy cheaply.
     """
     n = features.shape[0]
     if not 1 <= n_select <= n:
@@ -59,6 +63,10 @@ def greedy_coreset(
     if chunk_size is None or chunk_size >= n:
         start = int(torch.randint(n, (1,), generator=generator))
         return _greedy(x, n_select, start)
+    if refine > 1:
+        pool = min(n, math.ceil(refine * n_select))
+        first = greedy_coreset(x, pool, generator=generator, proj_dim=None, chunk_size=chunk_size)
+        return first[greedy_coreset(x[first], n_select, generator=generator, proj_dim=None)]
     n_chunks = math.ceil(n / chunk_size)
     perm = torch.randperm(n, generator=generator)
     chunks = perm.chunk(n_chunks)

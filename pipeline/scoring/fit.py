@@ -88,7 +88,8 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     n_patches = feats.shape[0]
     n_select = min(cfg.max_bank, feats.shape[0], max(1, math.ceil(cfg.coreset_ratio * feats.shape[0])))
     t1 = time.perf_counter()
-    sel = greedy_coreset(feats, n_select, generator=g, proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk)
+    sel = greedy_coreset(feats, n_select, generator=g, proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk,
+                         refine=cfg.coreset_refine)
     t_core = time.perf_counter() - t1
     inspector = Inspector(encoder, cfg, bank_size=n_select).eval()
     inspector.set_bank(feats[sel])
