@@ -3,8 +3,11 @@
     loupe pretrain DATA --out RUN_DIR     contrastive pretraining on good images
     loupe fit RUN_DIR DATA                patch memory bank + threshold
     loupe evaluate RUN_DIR DATA --out M   metrics JSON, ROC and heatmap PNGs
+    loupe evaluate BUNDLE DATA --out M    the same through a bundle runtime (--runtime torch|ort-cpu|...)
+    loupe export RUN_DIR --out BUNDLE     model bundle: ONNX graph(s), TensorRT engine, bundle.json
     loupe demo                            all of the above on synthetic line-camera data
     loupe bench quality --manifest ...    pretrain -> fit -> evaluate, one JSON of quality and cost
+    loupe bench latency BUNDLE --out F    batch-1 p50/p99 and batch-32 throughput of every runtime
 
 DATA is an image folder, an MVTec AD category root or a .json/.csv manifest.
 Bad input (DataError, FileNotFoundError, ValueError from the pipeline) is reported as
@@ -36,7 +39,7 @@ app = typer.Typer(
     help="Loupe: industrial visual inspection. Contrastive pretraining on good images, "
     "patch nearest-neighbour anomaly scoring, evaluation.",
 )
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: `quality` (pretrain -> fit -> evaluate from nothing).")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: `quality` (pretrain -> fit -> evaluate from nothing), `latency` (a bundle on every runtime).")
 app.add_typer(bench_app, name="bench")
 
 _DATA_HELP = "An image folder, an MVTec AD category root, or a .json/.csv manifest."
@@ -58,7 +61,14 @@ def _cli_errors() -> Iterator[None]:
         warnings.showwarning = show
         try:
             yield
-        except (ValueError, FileNotFoundError) as exc:  # DataError is a ValueError
+        except (ValueError, FileNotFoundError) as exc:  # DataError, BundleError, FrameError, ExportError are ValueErrors
+            typer.echo(f"Error: {exc}", err=True)
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+        except RuntimeError as exc:
+            from inference.runtime import RuntimeUnavailable
+
+            if not isinstance(exc, RuntimeUnavailable):
+                raise
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
@@ -152,22 +162,76 @@ def fit(
     _echo_fit(summary, run_dir)
 
 
+_RUNTIMES = ("torch", "ort-cpu", "ort-cuda", "ort-trt", "trt")
+
+
 @app.command()
 def evaluate(
-    run_dir: Path = typer.Argument(..., help="Run folder with inspector.pt (`loupe fit`)."),
+    run_dir: Path = typer.Argument(..., help="Run folder with inspector.pt (`loupe fit`), or a bundle folder with bundle.json (`loupe export`)."),
     data: Path = typer.Argument(..., help="Labelled data: an MVTec AD category root or a .json/.csv manifest. Its `test` images are used."),
     out: Path = typer.Option(..., "--out", "-o", help="Metrics JSON to write; the ROC and heatmap PNGs go next to it."),
     scores: Optional[Path] = typer.Option(None, "--scores", help="Also write one CSV row per image: image,label,score,is_defect."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help=f"Bundles only: {'|'.join(_RUNTIMES)} (default: the best available; "
+                                          "torch runs the bundle's inspector in PyTorch)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help=_SKIP_BAD_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
 ) -> None:
     """Score the labelled test images: metrics JSON, ROC curve and heatmap grid."""
     with _cli_errors():
-        from pipeline.steps import evaluate_step
+        from inference.bundle import is_bundle
 
-        metrics = evaluate_step(run_dir, data, out, scores_csv=scores, skip_bad=skip_bad, progress=not quiet)
-    typer.echo(f"evaluated {run_dir} on {data}:")
+        if runtime is not None and runtime not in _RUNTIMES:
+            raise ValueError(f"--runtime must be one of {', '.join(_RUNTIMES)}, got {runtime!r}")
+        if is_bundle(run_dir):
+            from inference.evaluate import evaluate_bundle
+
+            metrics = evaluate_bundle(run_dir, data, out, runtime=runtime, scores_csv=scores, skip_bad=skip_bad, progress=not quiet)
+        else:
+            if runtime is not None:
+                raise ValueError(f"--runtime applies to bundles; {run_dir} has no bundle.json (export one with `loupe export {run_dir} --out BUNDLE_DIR`)")
+            from pipeline.steps import evaluate_step
+
+            metrics = evaluate_step(run_dir, data, out, scores_csv=scores, skip_bad=skip_bad, progress=not quiet)
+    where = f" ({metrics['runtime']}, model {metrics['model_version']})" if "runtime" in metrics else ""
+    typer.echo(f"evaluated {run_dir}{where} on {data}:")
     _echo_metrics(metrics, out, scores)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="Fitted run folder (inspector.pt, fit.json)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Bundle folder to write (replaced if it is a bundle or empty)."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx | tensorrt (adds fp16 graph + engine for this GPU) | all."),
+    max_batch: int = typer.Option(32, "--max-batch", min=1, help="Largest batch per call (TensorRT profile; runtimes split larger batches)."),
+    precision: list[str] = typer.Option(["fp32"], "--precision", help="fp32 | fp16 | int8 (repeatable). fp32 is always written; "
+                                        "int8 needs --data."),
+    metrics: Optional[Path] = typer.Option(None, "--metrics", help="Metrics JSON (`loupe evaluate`) to record in bundle.json "
+                                           "(default: RUN_DIR/metrics.json if present)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="The run's data: train images calibrate INT8; a labelled test split "
+                                        "measures INT8's AUROC cost. " + _DATA_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress messages."),
+) -> None:
+    """Export a fitted run to a model bundle: one ONNX graph (uint8 frames in; score, map, decision out) and more."""
+    with _cli_errors():
+        from inference.export import export_bundle
+
+        manifest = export_bundle(run_dir, out, formats=fmt, precisions=precision, max_batch=max_batch, metrics=metrics,
+                                 data=data, progress=None if quiet else (lambda m: typer.echo(f"  {m}", err=True)))
+    spec = manifest["input"]
+    typer.echo(f"exported {run_dir} -> {out} (model {manifest['model_version']}, bank {manifest['bank_size']} rows)")
+    typer.echo(f"  input: {spec['name']} uint8 [N, {spec['size']}, {spec['size']}, {spec['channels']}] NHWC; "
+               f"threshold raw {manifest['threshold']['raw']:.4g} -> 0.5")
+    for name, rec in manifest["files"].items():
+        typer.echo(f"  {name:<22} {rec['bytes'] / 1e6:8.2f} MB  sha256 {rec['sha256'][:12]}")
+    for name in manifest.get("engines", {}):
+        typer.echo(f"  {name}")
+    int8 = manifest.get("int8") or {}
+    if "auroc_cost_points" in int8:
+        typer.echo(f"  int8: image AUROC {int8['image_auroc_int8']:.4f} vs fp32 {int8['image_auroc_fp32']:.4f} "
+                   f"(cost {int8['auroc_cost_points']:.2f} points), decisions agree on {100 * int8['decision_agreement']:.1f}% "
+                   f"of {int8['test_images']} test images")
+    elif int8.get("auroc_note"):
+        typer.echo(f"  int8: {int8['auroc_note']}")
 
 
 @app.command()
@@ -237,6 +301,37 @@ def bench_quality(
     )
     typer.echo(f"  {'result:':<11}{out}")
     typer.echo(f"  {'run:':<11}{result['work_dir']}")
+
+
+@bench_app.command("latency")
+def bench_latency(
+    bundle: Path = typer.Argument(..., help="Bundle folder (`loupe export`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Result JSON to write."),
+    runtime: Optional[list[str]] = typer.Option(None, "--runtime", help="Only these runtimes (repeatable): torch_cpu, ort_cpu, "
+                                                "ort_cpu_int8, torch_cuda, ort_cuda, ort_trt, trt. Default: every available one."),
+    batch: int = typer.Option(32, "--batch", min=1, help="Batch size of the throughput measurement."),
+    seconds: float = typer.Option(3.0, "--seconds", min=0.0, help="Time budget per measurement."),
+    min_iters: int = typer.Option(20, "--min-iters", min=1, help="At least this many batch-1 calls per runtime."),
+    no_split: bool = typer.Option(False, "--no-split", help="Skip the encoder / search / post-processing time split."),
+) -> None:
+    """Batch-1 p50/p99 latency and batch throughput of a bundle on every runtime available here."""
+    with _cli_errors():
+        from inference.latency import measure_latency
+        from pipeline.atomic import write_json_atomic
+
+        result = measure_latency(bundle, runtimes=runtime, batch=batch, seconds=seconds, min_iters=min_iters, split=not no_split,
+                                 progress=lambda m: typer.echo(f"  {m}", err=True))
+        write_json_atomic(out, result)
+    typer.echo(f"bench latency: {bundle} ({result['image_size']} px, bank {result['bank_size']}, "
+               f"{result['flops_per_image'] / 1e9:.2f} GFLOP/image), commit {result['commit']}")
+    for name, r in result["runtimes"].items():
+        typer.echo(f"  {name:<13} p50 {r['p50_ms']:8.2f} ms  p99 {r['p99_ms']:8.2f} ms  {r['throughput_ips']:9.1f} img/s (batch {batch})")
+    for name, why in result["skipped"].items():
+        typer.echo(f"  {name:<13} skipped: {why}")
+    for name, sp in (result.get("split") or {}).items():
+        if sp:
+            typer.echo(f"  {name} split: encoder {sp['encoder_ms']:.2f} ms, search {sp['search_ms']:.2f} ms, post {sp['post_ms']:.2f} ms")
+    typer.echo(f"  {'result:':<11}{out}")
 
 
 @app.command()
