@@ -42,7 +42,6 @@ import tempfile
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -673,10 +672,6 @@ def save_onnx(model: onnx.ModelProto, path: str | Path) -> Path:
     return Path(path)
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def loupe_version() -> str:
     try:
         from importlib.metadata import version
@@ -740,7 +735,7 @@ def export_bundle(
     {name: {sha256, bytes}}, engines {name: {sha256, bytes, gpu, tensorrt, ...}}.
     """
     from pipeline.scoring.fit import INSPECTOR_FILE, load_inspector
-    from pipeline.steps import git_commit
+    from pipeline.steps import git_commit, now
 
     say = progress or (lambda msg: None)
     run_dir, out = Path(run_dir), Path(out)
@@ -821,7 +816,7 @@ def export_bundle(
             "format_version": FORMAT_VERSION,
             "loupe_version": loupe_version(),
             "model_version": file_record(tmp / INSPECTOR_COPY)["sha256"][:12],
-            "created": _now(),
+            "created": now(),
             "commit": git_commit(),
             "source_run": str(run_dir.resolve()),
             "input": {

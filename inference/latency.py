@@ -197,7 +197,7 @@ def measure_latency(
     """Time every available runtime (or those named) on a bundle; see the module docstring for the result."""
     import torch
 
-    from inference.export import _now
+    from pipeline.steps import now
     from pipeline.steps import git_commit
 
     say = progress or (lambda msg: None)
@@ -226,7 +226,7 @@ def measure_latency(
     m = bundle.manifest
     result.update({
         "image_size": s, "channels": c, "bank_size": m["bank_size"], "knn_chunk": m.get("knn_chunk"), "batch": batch,
-        "model_version": bundle.model_version, "encoder": m.get("encoder"), "commit": git_commit(), "created": _now(),
+        "model_version": bundle.model_version, "encoder": m.get("encoder"), "commit": git_commit(), "created": now(),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},

@@ -48,7 +48,7 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -108,7 +108,7 @@ def pretrain_step(
     summary = {
         "config": cfg.name, "method": cfg.pretrain.method, "epochs": cfg.pretrain.epochs, "n_images": len(samples),
         "data_fingerprint": fp, "init_weights": str(init) if init else None, "losses": result.losses,
-        "seconds": result.seconds, "images_per_second": result.images_per_second, "commit": git_commit(), "created": _now(),
+        "seconds": result.seconds, "images_per_second": result.images_per_second, "commit": git_commit(), "created": now(),
     }
     write_json_atomic(run_dir / "pretrain.json", summary)
     return summary
@@ -133,7 +133,7 @@ def fit_step(run_dir: str | Path, data: str | Path, *, skip_bad: bool = False, p
         "n_patches": res.n_patches, "bank_size": res.bank_size, "threshold_raw": res.threshold_raw,
         "data_fingerprint": fp, "pretrain_fingerprint": enc_meta.get("data_fingerprint"),
         "feature_seconds": res.feature_seconds, "coreset_seconds": res.coreset_seconds, "seconds": res.seconds,
-        "commit": git_commit(), "created": _now(),
+        "commit": git_commit(), "created": now(),
     }
     save_inspector(res.inspector, run_dir / INSPECTOR_FILE, meta={k: summary[k] for k in ("config", "data_fingerprint", "threshold_raw", "bank_size", "commit", "created")})
     write_json_atomic(run_dir / "fit.json", summary)
@@ -154,6 +154,60 @@ def score_samples(inspector: Any, samples: list[Sample], batch_size: int = 8, pr
     return np.concatenate(scores), np.concatenate(maps), np.concatenate(flags)
 
 
+def test_samples(data: str | Path, skip_bad: bool, channels: int) -> tuple[list[Sample], np.ndarray, str]:
+    """Labelled `test` samples of `data` (both classes required), their labels [N] and fingerprint."""
+    samples, fp = read_samples(data, "test", skip_bad, channels)
+    labels = np.array([s.label for s in samples])
+    if labels.min() == labels.max():
+        raise DataError(f"{data}: evaluation needs both good and defective test images; only label {labels[0]} found")
+    return samples, labels, fp
+
+
+def write_scores_csv(path: str | Path, samples: list[Sample], scores: np.ndarray, flags: np.ndarray) -> Path:
+    """One row per image: image,label,score,is_defect (the format of `loupe evaluate --scores`)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["image", "label", "score", "is_defect"])
+    for s, sc, fl in zip(samples, scores, flags):
+        w.writerow([str(s.image), s.label, f"{float(sc):.6g}", int(bool(fl))])
+    return write_text_atomic(path, buf.getvalue())
+
+
+def report_evaluation(
+    samples: list[Sample],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    maps: np.ndarray,
+    flags: np.ndarray,
+    out: str | Path,
+    *,
+    size: int,
+    title: str,
+    extra: dict[str, Any],
+    scores_csv: str | Path | None = None,
+) -> dict[str, Any]:
+    """Metrics of scored test samples -> OUT json, OUT_roc.png, OUT_heatmaps.png (and the scores CSV).
+
+    scores, flags: [N]; maps: [N, size, size] normalized (threshold 0.5). `extra` is merged into the JSON.
+    """
+    out = Path(out)
+    masks = load_masks(samples, size)
+    classes = [s.defect_class or ("good" if s.label == 0 else "defect") for s in samples]
+    metrics = evaluate_predictions(labels, scores, classes, masks, maps, threshold=0.5)
+    stem = out.with_suffix("")
+    roc_png, grid_png = Path(f"{stem}_roc.png"), Path(f"{stem}_heatmaps.png")
+    plot_roc(labels, scores, roc_png, classes=classes, title=title)
+    pick = grid_items(labels, scores, classes)
+    heatmap_grid([load_images([samples[i]], size, 1)[0, 0].numpy() for i in pick],
+                 [maps[i] for i in pick], [masks[i] for i in pick], [float(scores[i]) for i in pick],
+                 [int(labels[i]) for i in pick], grid_png, threshold=0.5, titles=[classes[i] for i in pick])
+    metrics.update({"roc_png": str(roc_png), "heatmaps_png": str(grid_png), **extra, "commit": git_commit(), "created": now()})
+    write_json_atomic(out, metrics)
+    if scores_csv is not None:
+        write_scores_csv(scores_csv, samples, scores, flags)
+    return metrics
+
+
 def evaluate_step(
     run_dir: str | Path,
     data: str | Path,
@@ -164,44 +218,21 @@ def evaluate_step(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score the labelled `test` images of `data`; write metrics JSON, ROC and heatmap-grid PNGs next to it."""
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir = Path(run_dir)
     if not (run_dir / INSPECTOR_FILE).is_file():
         raise FileNotFoundError(f"{run_dir / INSPECTOR_FILE} not found: run `loupe fit {run_dir} DATA` first")
     inspector, meta = load_inspector(run_dir / INSPECTOR_FILE)
-    samples, fp = read_samples(data, "test", skip_bad, inspector.encoder.cfg.in_channels)
-    labels = np.array([s.label for s in samples])
-    if labels.min() == labels.max():
-        raise DataError(f"{data}: evaluation needs both good and defective test images; only label {labels[0]} found")
+    samples, labels, fp = test_samples(data, skip_bad, inspector.encoder.cfg.in_channels)
     t0 = time.perf_counter()
     scores, maps, flags = score_samples(inspector, samples, progress=progress)
     seconds = time.perf_counter() - t0
-    masks = load_masks(samples, inspector.cfg.image_size)
-    classes = [s.defect_class or ("good" if s.label == 0 else "defect") for s in samples]
-    metrics = evaluate_predictions(labels, scores, classes, masks, maps, threshold=0.5)
-    stem = out.with_suffix("")
-    roc_png, grid_png = Path(f"{stem}_roc.png"), Path(f"{stem}_heatmaps.png")
-    plot_roc(labels, scores, roc_png, classes=classes, title=f"{meta.get('config', '')} on {Path(data).name}")
-    pick = _grid_items(labels, scores, classes)
-    heatmap_grid([load_images([samples[i]], inspector.cfg.image_size, 1)[0, 0].numpy() for i in pick],
-                 [maps[i] for i in pick], [masks[i] for i in pick], [float(scores[i]) for i in pick],
-                 [int(labels[i]) for i in pick], grid_png, threshold=0.5, titles=[classes[i] for i in pick])
-    metrics.update({
-        "threshold_raw": meta.get("threshold_raw"), "test_fingerprint": fp, "model_fingerprint": meta.get("data_fingerprint"),
-        "eval_seconds": seconds, "images_per_second_eval": len(samples) / seconds, "roc_png": str(roc_png),
-        "heatmaps_png": str(grid_png), "commit": git_commit(), "created": _now(),
-    })
-    write_json_atomic(out, metrics)
-    if scores_csv is not None:
-        buf = io.StringIO()
-        w = csv.writer(buf)
-        w.writerow(["image", "label", "score", "is_defect"])
-        for s, sc, fl in zip(samples, scores, flags):
-            w.writerow([str(s.image), s.label, f"{float(sc):.6g}", int(bool(fl))])
-        write_text_atomic(scores_csv, buf.getvalue())
-    return metrics
+    extra = {"threshold_raw": meta.get("threshold_raw"), "test_fingerprint": fp, "model_fingerprint": meta.get("data_fingerprint"),
+             "eval_seconds": seconds, "images_per_second_eval": len(samples) / seconds}
+    return report_evaluation(samples, labels, scores, maps, flags, out, size=inspector.cfg.image_size,
+                             title=f"{meta.get('config', '')} on {Path(data).name}", extra=extra, scores_csv=scores_csv)
 
 
-def _grid_items(labels: np.ndarray, scores: np.ndarray, classes: list[str], per_class: int = 2, n_good: int = 4) -> list[int]:
+def grid_items(labels: np.ndarray, scores: np.ndarray, classes: list[str], per_class: int = 2, n_good: int = 4) -> list[int]:
     """Heatmap-grid picks: the top-scoring images of each defect class, then the highest-scoring good ones."""
     pick: list[int] = []
     for c in sorted(set(classes) - {"good"}):
@@ -234,7 +265,7 @@ def bench_quality(
         "coreset_seconds": fit["coreset_seconds"], "bank_size": fit["bank_size"], "n_patches": fit["n_patches"],
         "eval_seconds": metrics["eval_seconds"], "total_seconds": time.perf_counter() - t0,
         "config": to_dict(cfg), "config_name": cfg.name, "epochs": cfg.pretrain.epochs, "manifest": str(manifest),
-        "data_fingerprint": pre["data_fingerprint"], "n_test": metrics["n_images"], "commit": git_commit(), "created": _now(),
+        "data_fingerprint": pre["data_fingerprint"], "n_test": metrics["n_images"], "commit": git_commit(), "created": now(),
         "torch_threads": torch.get_num_threads(), "work_dir": str(work),
     }
     write_json_atomic(out, result)

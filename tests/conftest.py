@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 MTD_ROOT = Path(__file__).resolve().parents[2] / "shared/data/magnetic-tile-defects"
+
+
+@pytest.fixture(scope="module")
+def single_thread() -> Iterator[None]:
+    """One intra-op thread for a module: on a shared 2-core machine, OpenMP barriers under
+    contention make small convolutions ~50x slower with 2 threads; restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

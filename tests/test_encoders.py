@@ -12,14 +12,7 @@ from models.encoder import Encoder, EncoderConfig, load_init_weights, tap_specs
 from models.resnet import RESNET18_TAPS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP barriers under contention make
-    small convolutions ~50x slower with 2 threads; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _x(n: int = 1, c: int = 1, size: int = 256, seed: int = 0) -> torch.Tensor:

@@ -9,14 +9,7 @@ import torch
 from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss, PerturbationContrastLoss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP barriers under contention make
-    small convolutions ~50x slower with 2 threads; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _lse(values: list[torch.Tensor]) -> torch.Tensor:

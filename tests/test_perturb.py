@@ -7,14 +7,7 @@ import torch
 from pipeline.contrastive.perturb import KINDS, PerturbConfig, cell_mask, perturb
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP barriers under contention make
-    small convolutions ~50x slower with 2 threads; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _views(n: int, c: int = 1, s: int = 32, seed: int = 0, saturated: bool = False) -> torch.Tensor:

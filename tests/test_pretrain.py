@@ -25,14 +25,7 @@ from pipeline.contrastive.views import ViewConfig
 from pipeline.data.synthetic import make_surface
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP barriers under contention make
-    small convolutions ~50x slower with 2 threads; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

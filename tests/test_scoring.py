@@ -22,14 +22,7 @@ from pipeline.scoring.knn import nearest_distance
 from pipeline.scoring.patch_features import PatchFeatures
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP barriers under contention make
-    small convolutions ~50x slower with 2 threads; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 # --------------------------------------------------------------------------- coreset
 

@@ -11,14 +11,7 @@ from pipeline.contrastive.augment import PhotometricConfig, _gaussian_blur, phot
 from pipeline.contrastive.views import ViewConfig, correspondence, render_views, sample_affines
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """One intra-op thread: on a shared 2-core machine, OpenMP barriers under contention make
-    small convolutions ~50x slower with 2 threads; restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _smooth_image(n: int, size: int = 128, seed: int = 0) -> torch.Tensor:
