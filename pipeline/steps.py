@@ -123,11 +123,8 @@ def fit_step(run_dir: str | Path, data: str | Path, *, skip_bad: bool = False, p
     encoder, enc_meta = load_encoder(run_dir / ENCODER_FILE)
     samples, fp = read_samples(data, "train", skip_bad, cfg.encoder.in_channels)
     images = load_images(samples, cfg.scorer.image_size, cfg.encoder.in_channels, progress=progress)
-    torch.set_grad_enabled(False)
-    try:
+    with torch.no_grad():
         res = fit_inspector(encoder, images, cfg.scorer, progress=progress)
-    finally:
-        torch.set_grad_enabled(True)
     summary = {
         "config": cfg.name, "n_images": len(samples), "n_bank_images": res.n_bank_images, "n_holdout_images": res.n_holdout_images,
         "n_patches": res.n_patches, "bank_size": res.bank_size, "threshold_raw": res.threshold_raw,
