@@ -253,35 +253,43 @@ def _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infon
     """
     z0, d0 = model.embed(v0)
     z1, d1 = model.embed(v1)
-    if cfg.method == "spotdiff":
-        if pmask is None:
-            raise ValueError("pretrain.method 'spotdiff' needs pretrain.perturb.prob > 0")
-        h, w = d0.shape[-2:]
-        grid01, valid01 = correspondence(theta0, theta1, h, w)
-        k01 = F.grid_sample(d1, grid01.to(d1.device), mode="bilinear", align_corners=False)
-        pert1 = cell_mask(pmask, h, w)
-        hard01 = F.grid_sample(pert1[:, None].float(), grid01.to(d1.device), mode="nearest", align_corners=False)[:, 0] > 0
-        return spot_loss(d0, k01, valid01.to(d0.device), hard01)
+    if cfg.method == "spotdiff":  # PretrainConfig guarantees perturbations (pmask is set)
+        k01, valid01, hard01, _ = _matched_keys(d0, d1, theta0, theta1, pmask)
+        return spot_loss(d0, k01, valid01, hard01)
     if cfg.method == "moco":
         with torch.no_grad():
             k0, k1 = key_model.embed(v0)[0], key_model.embed(v1)[0]
         return 0.5 * (infonce(z0, k1, queue) + infonce(z1, k0, queue))
     loss = ntxent(z0, z1)
     if cfg.method == "densecl":
-        h, w = d0.shape[-2:]
-        grid01, valid01 = correspondence(theta0, theta1, h, w)
-        grid10, valid10 = correspondence(theta1, theta0, h, w)
-        k01 = F.grid_sample(d1, grid01.to(d1.device), mode="bilinear", align_corners=False)
-        k10 = F.grid_sample(d0, grid10.to(d0.device), mode="bilinear", align_corners=False)
-        hard01 = pert1 = None
-        if pmask is not None:
-            pert1 = cell_mask(pmask, h, w)  # [N, h, w] on view 1's own grid
-            # view 1's perturbed cells, seen from view 0's locations (nearest cell)
-            hard01 = F.grid_sample(pert1[:, None].float(), grid01.to(d1.device), mode="nearest", align_corners=False)[:, 0] > 0
-        valid10 = valid10.to(d1.device) if pert1 is None else valid10.to(d1.device) & ~pert1  # perturbed cells anchor nothing
-        dense = 0.5 * (dense_loss(d0, k01, valid01.to(d0.device), g, hard_negative=hard01) + dense_loss(d1, k10, valid10, g))
+        k01, valid01, hard01, pert1 = _matched_keys(d0, d1, theta0, theta1, pmask)
+        k10, valid10, _, _ = _matched_keys(d1, d0, theta1, theta0, None)
+        if pert1 is not None:
+            valid10 = valid10 & ~pert1  # perturbed cells anchor nothing
+        dense = 0.5 * (dense_loss(d0, k01, valid01, g, hard_negative=hard01) + dense_loss(d1, k10, valid10, g))
         loss = (1 - cfg.dense_weight) * loss + cfg.dense_weight * dense
     return loss
+
+
+def _matched_keys(
+    d0: torch.Tensor, d1: torch.Tensor, theta0: torch.Tensor, theta1: torch.Tensor, pmask: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """View 1's dense map resampled at view 0's locations.
+
+    d0, d1: [N, D, h, w]; pmask: bool [N, S, S] perturbed pixels of view 1, or None.
+    Returns k01 [N, D, h, w], valid01 bool [N, h, w] (match inside view 1),
+    hard01 bool [N, h, w] (the match is a perturbed cell; None without pmask) and
+    pert1 bool [N, h, w] (view 1's perturbed cells on its own grid; None without pmask).
+    """
+    h, w = d0.shape[-2:]
+    grid01, valid01 = correspondence(theta0, theta1, h, w)
+    grid01 = grid01.to(d1.device)
+    k01 = F.grid_sample(d1, grid01, mode="bilinear", align_corners=False)
+    hard01 = pert1 = None
+    if pmask is not None:
+        pert1 = cell_mask(pmask, h, w)
+        hard01 = F.grid_sample(pert1[:, None].float(), grid01, mode="nearest", align_corners=False)[:, 0] > 0
+    return k01, valid01.to(d0.device), hard01, pert1
 
 
 def _enqueue(queue: torch.Tensor, ptr: int, keys: torch.Tensor) -> tuple[torch.Tensor, int]:
