@@ -342,5 +342,12 @@ def version() -> None:
     typer.echo(v("loupe"))
 
 
+# Orchestration, live inspection and review commands live in their own modules.
+from flows import cli_inspect, cli_review, cli_train  # noqa: E402
+
+for _module in (cli_train, cli_inspect, cli_review):
+    _module.register(app)
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
