@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -128,22 +129,31 @@ def standing_verdicts(session: Session) -> list[tuple[Verdict, Record]]:
     return [(v, r) for v, r in session.execute(stmt)]
 
 
-def feedback_items(session: Session, image_root: Path) -> list[Any]:
-    """FeedbackItems (absolute image paths) of every record with a standing verdict."""
+def feedback_items(session: Session, image_root: Path, relative_to: Path | None = None) -> list[Any]:
+    """FeedbackItems of every record with a standing verdict; image paths absolute, or relative
+    to the folder `relative_to` (the manifest's folder) when given."""
     from pipeline.data.feedback import FeedbackItem
 
     root = Path(image_root).resolve()
+
+    def where(rel: str) -> str:
+        path = root / rel
+        return os.path.relpath(path, Path(relative_to).resolve()) if relative_to is not None else str(path)
+
     return [
-        FeedbackItem(image=str(root / r.image_path), verdict=v.verdict, defect_class=v.defect_class, record_id=r.id,
+        FeedbackItem(image=where(r.image_path), verdict=v.verdict, defect_class=v.defect_class, record_id=r.id,
                      station=r.station, model_version=r.model_version, score=float(r.score), reviewer=v.reviewer,
                      reviewed_at=v.created_at.isoformat(), comment=v.comment)
         for v, r in standing_verdicts(session)
     ]
 
 
-def write_feedback_manifest(session: Session, image_root: Path, path: Path, product: str | None = None) -> tuple[Path, int]:
-    """Write the feedback manifest (atomically, by `write_feedback`); returns (path, number of items)."""
+def write_feedback_manifest(session: Session, image_root: Path, path: Path, product: str | None = None,
+                            relative: bool = False) -> tuple[Path, int]:
+    """Write the feedback manifest (atomically, by `write_feedback`); returns (path, number of items).
+
+    Image paths are absolute, or relative to the manifest's folder with `relative`."""
     from pipeline.data.feedback import write_feedback
 
-    items = feedback_items(session, image_root)
+    items = feedback_items(session, image_root, Path(path).parent if relative else None)
     return write_feedback(path, items, product=product), len(items)
