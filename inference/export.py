@@ -702,6 +702,26 @@ def training_frames(data: str | Path, size: int, channels: int, limit: int | Non
     return load_images(samples, size, channels).permute(0, 2, 3, 1).contiguous().numpy(), fp
 
 
+def calibration_scores(inspector: torch.nn.Module, data: str | Path, size: int, channels: int,
+                       fit_fingerprint: str | None = None) -> dict[str, Any]:
+    """Normalized scores (threshold 0.5) of the held-out good training images the threshold was calibrated on.
+
+    Repeats the fit's seeded bank/holdout split (`pipeline.scoring.fit.split_holdout`) on
+    `data`'s train images and scores the held-out ones with the fp32 inspector. Stored as
+    bundle.json `calibration` {"scores", "images", "fingerprint", "same_data"}: the
+    reference distribution that live drift watch (`inference.drift`) compares with.
+    """
+    from pipeline.scoring.fit import split_holdout
+
+    frames, fp = training_frames(data, size, channels)
+    _, hold = split_holdout(len(frames), inspector.cfg.holdout_fraction, torch.Generator().manual_seed(inspector.cfg.seed))
+    held = frames[hold.numpy()]
+    with torch.no_grad():
+        scores = np.concatenate([inspector(torch.from_numpy(held[i : i + 16])).score.float().numpy() for i in range(0, len(held), 16)])
+    return {"scores": [round(float(x), 6) for x in scores], "images": int(len(scores)), "fingerprint": fp,
+            "same_data": fit_fingerprint is None or fp == fit_fingerprint}
+
+
 def export_bundle(
     run_dir: str | Path,
     out: str | Path,
@@ -731,7 +751,8 @@ def export_bundle(
     shape, size, channels, value_range, other_sizes), outputs, threshold (normalized 0.5,
     raw, norm_offset, norm_scale), data_fingerprint, pretrain_fingerprint, metrics,
     metrics_source, models {precision: file}, int8 (calibration and AUROC cost, or
-    None), max_batch, opset, image_size, bank_size, knn_chunk, encoder, scorer, files
+    None), calibration (normalized scores of the held-out good images, with `data`; else
+    None; see `calibration_scores`), max_batch, opset, image_size, bank_size, knn_chunk, encoder, scorer, files
     {name: {sha256, bytes}}, engines {name: {sha256, bytes, gpu, tensorrt, ...}}.
     """
     from pipeline.scoring.fit import INSPECTOR_FILE, load_inspector
@@ -811,6 +832,10 @@ def export_bundle(
                          "quantized_convs": len(layout.encoder_convs) - len(keep_fp32), "fp32_convs": keep_fp32, **refit}
             say("measuring the INT8 AUROC cost on the test split")
             int8_info.update(int8_cost(tmp, models, data, s, c))
+        calibration = None
+        if data is not None:  # held-out good scores: the reference distribution of drift watch (inference.drift)
+            say("scoring the held-out good images (calibration distribution)")
+            calibration = calibration_scores(inspector, data, s, c, fit_info.get("data_fingerprint"))
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "format_version": FORMAT_VERSION,
@@ -839,6 +864,7 @@ def export_bundle(
             "metrics_source": str(metrics_path.resolve()) if metrics_data is not None else None,
             "models": models,
             "int8": int8_info,
+            "calibration": calibration,
             "max_batch": int(max_batch),
             "opset": EXPORT_OPSET,
             "image_size": s,

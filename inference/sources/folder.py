@@ -1,0 +1,108 @@
+"""A watched folder: new image files, in name order, each read once (`folder:PATH`).
+
+The folder is polled every `poll_interval` seconds. A file is taken only once its size
+(and mtime) has stayed the same over `stable_polls` consecutive polls, so a file still
+being written by the inspection machine is never read half-way. Files are taken in
+name order within a poll and never re-read (names are remembered for the life of the
+source; a file replaced under the same name is not read again). Hidden files and
+temp files (".*", "*.tmp", "*.part") are ignored. Unreadable files become error frames
+(counted and logged by the loop).
+
+With `existing=False`, files already present at start are skipped (only new arrivals);
+`idle_timeout` ends the source after that many seconds without a new file (None: watch
+forever, until stopped).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+from inference.sources.base import Frame, Source, SourceError
+from pipeline.data.errors import DataError
+from pipeline.data.io import IMAGE_EXTENSIONS, _color_planes, _decode, _to_uint8
+
+log = logging.getLogger("loupe.sources.folder")
+
+
+def read_frame_file(path: Path) -> "tuple[object, str | None]":
+    """(uint8 gray [H, W] or RGB [H, W, 3], None) or (None, why it is unreadable)."""
+    import cv2
+
+    try:
+        image = _color_planes(_to_uint8(_decode(path, "image"), path, "image"), path, "image")
+    except DataError as err:
+        return None, str(err)
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image, None
+
+
+class FolderSource(Source):
+    """New image files of a folder, in name order, each once."""
+
+    def __init__(self, folder: str | Path, *, stop: threading.Event | None = None, poll_interval: float = 0.2,
+                 stable_polls: int = 1, existing: bool = True, idle_timeout: float | None = None,
+                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> None:
+        super().__init__(stop)
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise SourceError(f"folder:{self.folder}: not a folder; pass folder:PATH of the folder the inspection machine writes to")
+        self.spec = f"folder:{self.folder}"
+        self.live = idle_timeout is None
+        self.poll_interval, self.stable_polls = poll_interval, max(1, stable_polls)
+        self.existing, self.idle_timeout = existing, idle_timeout
+        self.extensions = tuple(e.lower() for e in extensions)
+        self.seen: set[str] = set()
+        self._sizes: dict[str, tuple[tuple[int, int], int]] = {}  # name -> ((size, mtime_ns), polls unchanged)
+
+    def _candidates(self) -> list[Path]:
+        out = []
+        try:
+            entries = list(self.folder.iterdir())
+        except OSError as err:
+            log.warning("%s: cannot list the folder (%s); retrying", self.spec, err)
+            return []
+        for p in entries:
+            n = p.name
+            if n in self.seen or n.startswith(".") or n.endswith((".tmp", ".part")) or p.suffix.lower() not in self.extensions:
+                continue
+            out.append(p)
+        return out
+
+    def _stable(self, paths: list[Path]) -> list[Path]:
+        ready = []
+        for p in paths:
+            try:
+                st = p.stat()
+            except OSError:  # vanished between listing and stat
+                self._sizes.pop(p.name, None)
+                continue
+            key = (st.st_size, st.st_mtime_ns)
+            prev = self._sizes.get(p.name)
+            polls = prev[1] + 1 if prev is not None and prev[0] == key else 0
+            self._sizes[p.name] = (key, polls)
+            if polls >= self.stable_polls:
+                ready.append(p)
+        return sorted(ready, key=lambda p: p.name)
+
+    def frames(self) -> Iterator[Frame]:
+        if not self.existing:
+            self.seen.update(p.name for p in self._candidates())
+        index, last_new = 0, time.monotonic()
+        while not self.stop.is_set():
+            for path in self._stable(self._candidates()):
+                if self.stop.is_set():
+                    return
+                self.seen.add(path.name)
+                self._sizes.pop(path.name, None)
+                image, err = read_frame_file(path)
+                yield Frame(index=index, image=image, source=self.spec, error=err, name=path.name)  # type: ignore[arg-type]
+                index += 1
+                last_new = time.monotonic()
+            if self.idle_timeout is not None and time.monotonic() - last_new >= self.idle_timeout:
+                return
+            if self.wait(self.poll_interval):
+                return
