@@ -235,7 +235,7 @@ def queue_page(session: Session, f: QueueFilter, after: str | None = None, befor
 
 def queue_counts(session: Session, f: QueueFilter) -> dict[str, int]:
     """Records matching the filters other than status, per status, plus "all"."""
-    sub = select(status_expr().label("status")).where(*_conditions(f, with_status=False)).subquery()
+    sub = select(status_expr().label("status")).select_from(Record).where(*_conditions(f, with_status=False)).subquery()
     counts = {status: 0 for status in STATUSES}
     for status, n in session.execute(select(sub.c.status, func.count()).group_by(sub.c.status)):
         counts[status or UNREVIEWED] += n
