@@ -4,9 +4,17 @@
 (function () {
   "use strict";
 
+  var NON_TEXT_INPUTS = ["range", "checkbox", "radio", "button", "submit", "reset"];
+
+  // Text fields get every key; a slider or checkbox keeps its arrows but lets D/F/U through.
   function typing(target) {
     var tag = target && target.tagName;
-    return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || (target && target.isContentEditable);
+    if (tag === "INPUT") { return NON_TEXT_INPUTS.indexOf(target.type) < 0; }
+    return tag === "TEXTAREA" || tag === "SELECT" || Boolean(target && target.isContentEditable);
+  }
+
+  function ownsArrows(target) {
+    return Boolean(target && target.tagName === "INPUT" && NON_TEXT_INPUTS.indexOf(target.type) >= 0);
   }
 
   function follow(id) {
@@ -30,15 +38,15 @@
   }
 
   var busy = false; // one verdict per key press: ignore repeats while the page is leaving
+  window.addEventListener("pageshow", function () { busy = false; }); // back/forward cache
 
   document.addEventListener("keydown", function (event) {
     if (event.altKey || event.metaKey || busy) { return; }
-    if (typing(event.target)) {
-      if (event.key === "Escape") { event.target.blur(); }
-      return;
-    }
+    if (event.key === "Escape" && event.target && event.target.blur) { event.target.blur(); return; }
+    if (typing(event.target)) { return; }
     var key = event.key;
     var done = false;
+    if ((key === "ArrowLeft" || key === "ArrowRight") && ownsArrows(event.target)) { return; }
     if (event.ctrlKey) {
       if (key === "z" || key === "Z") { done = submitForm("undo-form"); }
     } else if (key === "d" || key === "D") {
