@@ -117,8 +117,14 @@ def resolve_config(params: TrainingParams) -> dict[str, Any]:
     return to_dict(cfg)
 
 
+#: Pins the code-version part of the pretraining cache key (e.g. to reuse pretraining across commits that leave training alone).
+CODE_VERSION_ENV = "LOUPE_CODE_VERSION"
+
+
 def code_version() -> str:
-    """Loupe's version and git commit: part of the pretraining cache key."""
+    """Loupe's version and git commit (or $LOUPE_CODE_VERSION): part of the pretraining cache key."""
+    if os.environ.get(CODE_VERSION_ENV):
+        return os.environ[CODE_VERSION_ENV]
     from inference.export import loupe_version
     from pipeline.steps import git_commit
 
