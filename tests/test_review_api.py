@@ -472,3 +472,25 @@ def test_migration_0002_down_and_up(tmp_path: Path) -> None:
         assert {"users", "verdicts"} <= names and {"ix_records_captured_at_id", "ix_records_score_id"} <= indexes
     finally:
         store.close()
+
+
+def test_dashboard_numbers(client: TestClient, ids: list[str], store: ResultsStore) -> None:
+    from inference.review import dashboard
+
+    tok = login(client)
+    for rid, verdict in ((ids[0], "false_alarm"), (ids[1], "false_alarm"), (ids[2], "defect"), (ids[7], "defect")):
+        client.post(f"/api/items/{rid}/verdict", json={"verdict": verdict}, headers={"X-CSRF-Token": tok})
+    client.post(f"/api/items/{ids[2]}/undo", headers={"X-CSRF-Token": tok})
+    client.post(f"/api/items/{ids[2]}/verdict", json={"verdict": "false_alarm"}, headers={"X-CSRF-Token": tok})
+    with store.session() as s:
+        models = {m.model_version: m for m in dashboard.model_stats(s)}
+        series, stations, bucket = dashboard.flagged_rate(s)
+    assert (models["m1"].records, models["m1"].defects, models["m1"].false_alarms) == (6, 0, 3)
+    assert (models["m2"].records, models["m2"].defects, models["m2"].false_alarms) == (6, 1, 0)
+    assert models["m1"].false_alarm_share == 1.0 and models["m2"].false_alarm_share == 0.0
+    # every run: 100 frames, 3 flagged (fill's update_run), all started at T0
+    assert bucket == "hour" and set(series) == {"line-1", "line-2"}
+    assert series["line-1"] == [(T0, pytest.approx(0.03))]
+    assert [(s.station, s.runs, s.frames, s.flagged) for s in stations] == [("line-1", 2, 200, 6), ("line-2", 2, 200, 6)]
+    page = client.get("/dashboard").text
+    assert "3 of 3" in page and "0 of 1" in page

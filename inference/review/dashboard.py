@@ -14,7 +14,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from inference.review.queue import status_expr
+from inference.review.models import Verdict
+from inference.review.queue import standing_conditions
 from inference.store.models import Record, Run
 
 
@@ -76,13 +77,14 @@ def flagged_rate(session: Session) -> tuple[dict[str, list[tuple[datetime, float
 
 def model_stats(session: Session) -> list[ModelStats]:
     """Per model version: flagged records, standing defect and false-alarm verdicts."""
-    sub = select(Record.model_version.label("mv"), status_expr().label("status")).subquery()
-    counts: dict[str, ModelStats] = {}
-    for mv, status, n in session.execute(select(sub.c.mv, sub.c.status, func.count()).group_by(sub.c.mv, sub.c.status)):
+    counts = {mv: ModelStats(mv, n, 0, 0) for mv, n in
+              session.execute(select(Record.model_version, func.count()).group_by(Record.model_version))}
+    stmt = (select(Record.model_version, Verdict.verdict, func.count()).join(Record, Record.id == Verdict.record_id)
+            .where(*standing_conditions()).group_by(Record.model_version, Verdict.verdict))
+    for mv, verdict, n in session.execute(stmt):
         m = counts.setdefault(mv, ModelStats(mv, 0, 0, 0))
-        m.records += n
-        if status == "defect":
+        if verdict == "defect":
             m.defects += n
-        elif status == "false_alarm":
+        elif verdict == "false_alarm":
             m.false_alarms += n
     return sorted(counts.values(), key=lambda m: m.model_version)

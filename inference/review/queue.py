@@ -20,7 +20,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from inference.review.models import STATUSES, UNREVIEWED, Verdict
 from inference.store.models import Record
@@ -100,6 +100,13 @@ def status_expr() -> Any:
         .correlate(Record)
         .scalar_subquery()
     )
+
+
+def standing_conditions() -> list[ColumnElement[bool]]:
+    """Conditions on `Verdict` that keep only standing verdicts (not undone, no newer standing one)."""
+    newer = aliased(Verdict)
+    superseded = exists().where(newer.record_id == Verdict.record_id, newer.undone_at.is_(None), newer.id > Verdict.id)
+    return [Verdict.undone_at.is_(None), ~superseded]
 
 
 def _conditions(f: QueueFilter, with_status: bool = True) -> list[ColumnElement[bool]]:
@@ -234,12 +241,22 @@ def queue_page(session: Session, f: QueueFilter, after: str | None = None, befor
 
 
 def queue_counts(session: Session, f: QueueFilter) -> dict[str, int]:
-    """Records matching the filters other than status, per status, plus "all"."""
-    sub = select(status_expr().label("status")).select_from(Record).where(*_conditions(f, with_status=False)).subquery()
+    """Records matching the filters other than status, per status, plus "all".
+
+    Counted from the verdicts side (one row per reviewed record) rather than with the
+    per-record status subquery, so the cost grows with the reviewed records; unreviewed
+    is the rest.
+    """
+    conds = _conditions(f, with_status=False)
+    total = session.scalar(select(func.count()).select_from(Record).where(*conds)) or 0
+    stmt = select(Verdict.verdict, func.count()).where(*standing_conditions())
+    if conds:
+        stmt = stmt.join(Record, Record.id == Verdict.record_id).where(*conds)
     counts = {status: 0 for status in STATUSES}
-    for status, n in session.execute(select(sub.c.status, func.count()).group_by(sub.c.status)):
-        counts[status or UNREVIEWED] += n
-    counts["all"] = sum(counts[s] for s in STATUSES)
+    for verdict, n in session.execute(stmt.group_by(Verdict.verdict)):
+        counts[verdict] = n
+    counts[UNREVIEWED] = total - sum(counts[v] for v in STATUSES if v != UNREVIEWED)
+    counts["all"] = total
     return counts
 
 
