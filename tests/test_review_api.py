@@ -494,3 +494,44 @@ def test_dashboard_numbers(client: TestClient, ids: list[str], store: ResultsSto
     assert [(s.station, s.runs, s.frames, s.flagged) for s in stations] == [("line-1", 2, 200, 6), ("line-2", 2, 200, 6)]
     page = client.get("/dashboard").text
     assert "3 of 3" in page and "0 of 1" in page
+
+
+def test_every_flagged_item_of_an_every_frame_run_is_in_the_queue(tiny_data: Path, tmp_path: Path,
+                                                                   single_thread: None) -> None:
+    """Acceptance: a real live-inspection run (policy every-frame, a tiny exported bundle) over the
+    tiny data's test images; every record it stores appears in the review queue, and no other."""
+    from inference.export import export_bundle
+    from inference.live import LiveConfig, LiveInspector
+    from inference.sources.arrays import ArraySource
+    from pipeline.data.io import read_image
+    from pipeline.steps import fit_step, pretrain_step
+
+    run = tmp_path / "run"
+    pretrain_step(tiny_data / "split.json", run, "smoke", epochs=0, progress=False)
+    fit_step(run, tiny_data / "split.json", progress=False)
+    bundle = tmp_path / "bundle"
+    export_bundle(run, bundle, max_batch=8)
+    frames = [read_image(p) for p in sorted((tiny_data / "test").rglob("*.png"))]
+    store = ResultsStore(f"sqlite:///{tmp_path / 'results.db'}")
+    try:
+        loop = LiveInspector(ArraySource(frames), str(bundle), store, LiveConfig(station="line-9", policy="every-frame"))
+        summary = loop.run()
+        store.flush(force=True)
+        assert summary["frames"] == len(frames) and summary["dropped"] == 0
+        assert loop.record_ids, "the tiny model flagged nothing; the test needs at least one flagged frame"
+        with store.session() as s:
+            add_user(s, "alice", PASSWORDS["alice"], "admin")
+        client = TestClient(create_app(store=store, secret_key="k"))
+        login(client)
+        listed, cursor = [], None
+        while True:
+            body = client.get("/api/queue", params={"limit": 7, **({"after": cursor} if cursor else {})}).json()
+            listed += [it["id"] for it in body["items"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(listed) == sorted(loop.record_ids) and len(listed) == summary["flagged"]
+        assert client.get("/api/queue").json()["counts"]["all"] == len(loop.record_ids)
+        assert client.get(f"/items/{listed[0]}").status_code == 200
+    finally:
+        store.close()
