@@ -535,3 +535,55 @@ def test_every_flagged_item_of_an_every_frame_run_is_in_the_queue(tiny_data: Pat
         assert client.get(f"/items/{listed[0]}").status_code == 200
     finally:
         store.close()
+
+
+def test_postgresql_store(tmp_path: Path) -> None:
+    """The same queries on PostgreSQL: seek pagination both ways, filters, counts, verdicts, undo, exports, dashboard."""
+    import socket
+    import uuid
+
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    except OSError:
+        pytest.skip("no PostgreSQL server at 127.0.0.1:5432")
+    import psycopg
+
+    name = f"loupe_test_{uuid.uuid4().hex[:12]}"
+    admin = dict(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", autocommit=True)
+    with psycopg.connect(**admin) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        store = ResultsStore(f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}", image_root=tmp_path / "images")
+        try:
+            ids = fill(store)
+            with store.session() as s:
+                add_user(s, "alice", PASSWORDS["alice"], "admin")
+            client = TestClient(create_app(store=store, secret_key="k"))
+            tok = login(client)
+            for sort in ("newest", "score"):
+                full = queue_ids(client, sort=sort, limit=100)
+                first = client.get("/api/queue", params={"sort": sort, "limit": 5}).json()
+                second = client.get("/api/queue", params={"sort": sort, "limit": 5, "after": first["next_cursor"]}).json()
+                back = client.get("/api/queue", params={"sort": sort, "limit": 5, "before": second["prev_cursor"]}).json()
+                assert [it["id"] for it in first["items"] + second["items"]] == full[:10]
+                assert [it["id"] for it in back["items"]] == full[:5]
+            assert queue_ids(client) == ids[::-1]
+            client.post(f"/api/items/{ids[0]}/verdict", json={"verdict": "defect", "defect_class": "dent"}, headers={"X-CSRF-Token": tok})
+            client.post(f"/api/items/{ids[1]}/verdict", json={"verdict": "false_alarm"}, headers={"X-CSRF-Token": tok})
+            client.post(f"/api/items/{ids[1]}/undo", headers={"X-CSRF-Token": tok})
+            client.post(f"/api/items/{ids[3]}/verdict", json={"verdict": "false_alarm"}, headers={"X-CSRF-Token": tok})
+            assert queue_ids(client, status="defect") == [ids[0]]
+            assert queue_ids(client, status="false_alarm") == [ids[3]]
+            assert client.get("/api/queue", params={"station": "line-2"}).json()["counts"] == {
+                "unreviewed": 5, "defect": 0, "false_alarm": 1, "all": 6}
+            since = (T0 + timedelta(minutes=3)).isoformat()
+            assert queue_ids(client, since=since, model_version="m1") == ids[3:6][::-1]
+            items = {it["record_id"]: it["verdict"] for it in client.get("/export/feedback.json").json()["items"]}
+            assert items == {ids[0]: "defect", ids[3]: "false_alarm"}
+            assert len(client.get("/export/verdicts.json").json()["verdicts"]) == 3
+            assert client.get("/dashboard").status_code == 200 and client.get(f"/items/{ids[4]}").status_code == 200
+        finally:
+            store.close()
+    finally:
+        with psycopg.connect(**admin) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
