@@ -38,3 +38,25 @@ def mtd_root() -> Path:
     if not (MTD_ROOT / "split.json").is_file():
         pytest.skip(f"real data not available at {MTD_ROOT}")
     return MTD_ROOT
+
+
+# Prefect flow tests: a private PREFECT_HOME and no analytics, set when conftest loads, i.e. before any
+# test module imports prefect (Prefect reads its settings at import).
+import atexit as _atexit  # noqa: E402
+import os as _os  # noqa: E402
+import shutil as _shutil  # noqa: E402
+import tempfile as _tempfile  # noqa: E402
+
+_PREFECT_HOME = _tempfile.mkdtemp(prefix="loupe-test-prefect-")
+_os.environ["PREFECT_HOME"] = _PREFECT_HOME
+_os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+_atexit.register(_shutil.rmtree, _PREFECT_HOME, True)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect server (SQLite) for the whole session; flows in tests run against it."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield
