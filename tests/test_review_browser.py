@@ -5,8 +5,9 @@ A uvicorn server runs the review app in a thread over a SQLite results store fil
 queue, opens an item, presses F, and the verdict row is checked in the database and in
 the feedback manifest; then U undoes it.
 
-With LOUPE_SCREENSHOTS=1 the queue and item pages are saved to docs/review-queue.png
-and docs/review-item.png (the pictures in the README).
+With LOUPE_SCREENSHOTS=1 the queue, item and dashboard pages are saved to
+docs/review-queue.png, docs/review-item.png and docs/review-dashboard.png (the pictures
+in the README).
 """
 from __future__ import annotations
 
@@ -181,6 +182,13 @@ def test_login_queue_item_press_f_undo(server: tuple[str, ResultsStore, list[str
     _wait_for(lambda: _verdicts(store)[-1].undone_at is not None)
     assert len(_verdicts(store)) == 2
     assert page.locator("#status").inner_text() == "unreviewed"
+
+    # the dashboard draws its two charts
+    page.goto(f"{base}/dashboard")
+    assert page.locator("svg.chart").count() == 2
+    assert page.locator("svg.chart polyline").count() == 2  # one line per station
+    if shots:
+        page.screenshot(path=str(DOCS / "review-dashboard.png"), full_page=True)
     assert not errors, errors
     context.close()
 

@@ -6,6 +6,7 @@ page with `Markup`.
 """
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from html import escape
 
@@ -14,7 +15,29 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F
 
 
 def _fmt_pct(v: float) -> str:
-    return f"{100 * v:.0f}%" if v >= 0.1 or v == 0 else f"{100 * v:.1f}%"
+    if v == 0:
+        return "0%"
+    digits = 0 if abs(v) >= 0.1 else 1 if abs(v) >= 0.01 else 2
+    return f"{100 * v:.{digits}f}%"
+
+
+def _tick_labels(ticks: list[float], percent: bool) -> list[str]:
+    """Tick labels with the fewest decimals that show every tick exactly (the same for all)."""
+    values = [100 * t if percent else t for t in ticks]
+    digits = next((d for d in range(5) if all(abs(round(v, d) - v) < 1e-9 * max(1.0, abs(v)) for v in values)), 4)
+    return [f"{v:.{digits}f}" + ("%" if percent else "") for v in values]
+
+
+def _nice_max(v: float, steps: int = 4) -> float:
+    """The smallest round number (1, 2, 2.5 or 5 times a power of ten per step) at or above v."""
+    if v <= 0:
+        return 1.0
+    raw = v / steps
+    power = 10 ** math.floor(math.log10(raw))
+    for m in (1, 2, 2.5, 5, 10):
+        if m * power >= raw * (1 - 1e-9):
+            return m * power * steps
+    return 10 * power * steps
 
 
 def line_chart(series: dict[str, list[tuple[datetime, float]]], width: int = 720, height: int = 280,
@@ -26,8 +49,7 @@ def line_chart(series: dict[str, list[tuple[datetime, float]]], width: int = 720
         return _empty(width, height, "no data yet")
     t0, t1 = min(t for t, _ in pts), max(t for t, _ in pts)
     span = (t1 - t0).total_seconds() or 1.0
-    y_max = max(v for _, v in pts) or 1.0
-    y_max *= 1.1
+    y_max = _nice_max(max(v for _, v in pts))
     pw, ph = width - pad_l - pad_r, height - pad_t - pad_b
 
     def x(t: datetime) -> float:
@@ -37,11 +59,11 @@ def line_chart(series: dict[str, list[tuple[datetime, float]]], width: int = 720
         return pad_t + ph * (1 - v / y_max)
 
     fmt = _fmt_pct if percent else (lambda v: f"{v:.3g}")
+    ticks = [y_max * i / 4 for i in range(5)]
     out = [_open(width, height)]
-    for i in range(5):  # horizontal grid and y ticks
-        v = y_max * i / 4
+    for v, label in zip(ticks, _tick_labels(ticks, percent)):  # horizontal grid and y ticks
         out.append(f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y(v):.1f}" y2="{y(v):.1f}" stroke="#ddd"/>')
-        out.append(f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11">{escape(fmt(v))}</text>')
+        out.append(f'<text x="{pad_l - 6}" y="{y(v) + 4:.1f}" text-anchor="end" font-size="11">{escape(label)}</text>')
     for i in range(5 if t1 != t0 else 1):  # x ticks
         t = t0 + (t1 - t0) * (i / 4 if t1 != t0 else 0)
         out.append(f'<text x="{x(t):.1f}" y="{height - 12}" text-anchor="middle" font-size="11">{escape(t.strftime(time_format))}</text>')
