@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import ColumnElement, and_, exists, func, or_, select
@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session, aliased
 from inference.review.models import STATUSES, UNREVIEWED, Verdict
 from inference.store.models import Record
 
-Sort = Literal["newest", "score"]
 SORTS: tuple[str, ...] = ("newest", "score")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -284,7 +283,3 @@ def neighbours(session: Session, row: QueueRow, f: QueueFilter) -> tuple[str | N
     next_id = session.scalars(select(Record.id).where(*conds, _after(f.sort, key)).order_by(*_order(f.sort)).limit(1)).first()
     return prev_id, next_id
 
-
-def without_status(f: QueueFilter) -> QueueFilter:
-    """The same filter for every status (navigation after a verdict moves an item out of "unreviewed")."""
-    return replace(f, status=None)
