@@ -13,12 +13,13 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from inference.sources.arrays import ArraySource
 from inference.sources.base import Frame, Source, SourceError
 from inference.sources.folder import FolderSource
 from inference.sources.linescan import LineScanSource, LineTiler, TileConfig
 from inference.sources.video import VideoSource
 
-__all__ = ["Frame", "FolderSource", "LineScanSource", "LineTiler", "Source", "SourceError", "TileConfig", "VideoSource",
+__all__ = ["ArraySource", "Frame", "FolderSource", "LineScanSource", "LineTiler", "Source", "SourceError", "TileConfig", "VideoSource",
            "open_source"]
 
 

@@ -59,7 +59,8 @@ class Source:
         return self.frames()
 
     def close(self) -> None:
-        """Release the device/file; safe to call twice."""
+        """Ask the source to end (it releases its device/file when its generator finishes); safe to call twice."""
+        self.stop.set()
 
     def wait(self, seconds: float) -> bool:
         """Sleep up to `seconds` unless stopped; True when a stop was requested."""

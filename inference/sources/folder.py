@@ -1,8 +1,10 @@
 """A watched folder: new image files, in name order, each read once (`folder:PATH`).
 
 The folder is polled every `poll_interval` seconds. A file is taken only once its size
-(and mtime) has stayed the same over `stable_polls` consecutive polls, so a file still
-being written by the inspection machine is never read half-way. Files are taken in
+and mtime have stayed the same for `stable_seconds` (over at least two polls), so a file
+still being written by the inspection machine is not read half-way (set stable_seconds
+above the longest pause of the writer; writers that rename finished files into place
+need none). Files are taken in
 name order within a poll and never re-read (names are remembered for the life of the
 source; a file replaced under the same name is not read again). Hidden files and
 temp files (".*", "*.tmp", "*.part") are ignored. Unreadable files become error frames
@@ -44,7 +46,7 @@ class FolderSource(Source):
     """New image files of a folder, in name order, each once."""
 
     def __init__(self, folder: str | Path, *, stop: threading.Event | None = None, poll_interval: float = 0.2,
-                 stable_polls: int = 1, existing: bool = True, idle_timeout: float | None = None,
+                 stable_seconds: float = 0.5, existing: bool = True, idle_timeout: float | None = None,
                  extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> None:
         super().__init__(stop)
         self.folder = Path(folder)
@@ -52,11 +54,11 @@ class FolderSource(Source):
             raise SourceError(f"folder:{self.folder}: not a folder; pass folder:PATH of the folder the inspection machine writes to")
         self.spec = f"folder:{self.folder}"
         self.live = idle_timeout is None
-        self.poll_interval, self.stable_polls = poll_interval, max(1, stable_polls)
+        self.poll_interval, self.stable_seconds = poll_interval, stable_seconds
         self.existing, self.idle_timeout = existing, idle_timeout
         self.extensions = tuple(e.lower() for e in extensions)
         self.seen: set[str] = set()
-        self._sizes: dict[str, tuple[tuple[int, int], int]] = {}  # name -> ((size, mtime_ns), polls unchanged)
+        self._sizes: dict[str, tuple[tuple[int, int], float]] = {}  # name -> ((size, mtime_ns), first seen so)
 
     def _candidates(self) -> list[Path]:
         out = []
@@ -73,7 +75,7 @@ class FolderSource(Source):
         return out
 
     def _stable(self, paths: list[Path]) -> list[Path]:
-        ready = []
+        ready, now = [], time.monotonic()
         for p in paths:
             try:
                 st = p.stat()
@@ -82,9 +84,9 @@ class FolderSource(Source):
                 continue
             key = (st.st_size, st.st_mtime_ns)
             prev = self._sizes.get(p.name)
-            polls = prev[1] + 1 if prev is not None and prev[0] == key else 0
-            self._sizes[p.name] = (key, polls)
-            if polls >= self.stable_polls:
+            if prev is None or prev[0] != key:
+                self._sizes[p.name] = (key, now)
+            elif now - prev[1] >= self.stable_seconds:
                 ready.append(p)
         return sorted(ready, key=lambda p: p.name)
 
@@ -93,7 +95,10 @@ class FolderSource(Source):
             self.seen.update(p.name for p in self._candidates())
         index, last_new = 0, time.monotonic()
         while not self.stop.is_set():
-            for path in self._stable(self._candidates()):
+            candidates = self._candidates()
+            if candidates:  # files still settling: not idle
+                last_new = max(last_new, time.monotonic() - self.poll_interval)
+            for path in self._stable(candidates):
                 if self.stop.is_set():
                     return
                 self.seen.add(path.name)
