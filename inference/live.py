@@ -120,6 +120,7 @@ class LiveInspector:
         self.sink_error: Optional[BaseException] = None
         self.last_frame_at: Optional[float] = None
         self.running = False
+        self._hard_stop = False  # the main loop died: the reader must not wait for queue space
 
     # ------------------------------------------------------------------ control
 
@@ -166,8 +167,6 @@ class LiveInspector:
         finally:
             self.source.stop.set()
             self._reader_done.set()
-
-    _hard_stop = False
 
     def _sink(self) -> None:
         assert self.store is not None and self.run_id is not None
