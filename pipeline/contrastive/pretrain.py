@@ -10,6 +10,13 @@ Objectives (`PretrainConfig.method`):
              surface is never pushed apart from good surface.
 The global embedding pools the *deepest tap the scorer uses*, so the loss shapes
 exactly the features the scorer reads (and deeper stages are never computed).
+
+Under torch.distributed (e.g. `torchrun`, see `flows.ddp`) the same loop runs data-parallel:
+every rank draws the views of the whole global batch (ranks' generators stay in step),
+embeds its shard through DistributedDataParallel, and the embeddings are all-gathered
+before the loss, so each rank computes the loss of the whole batch and DDP's averaged
+gradients equal single-process gradients (`_gather`). BatchNorm statistics are per
+rank on CPU and synchronised (SyncBatchNorm) on CUDA. Rank 0 writes the checkpoints.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -91,6 +99,10 @@ class ContrastiveModel(nn.Module):
         dense_in = sum(encoder.tap_channels)
         self.dense_head = DenseProjectionHead(dense_in, cfg.proj_hidden, cfg.proj_dim) if cfg.method in DENSE_METHODS else None
 
+    def forward(self, v0: torch.Tensor, v1: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor | None], ...]:
+        """Both views of a step, embedded separately (one call: DistributedDataParallel syncs once per forward)."""
+        return self.embed(v0), self.embed(v1)
+
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: [N, C, h, w] -> (z [N, proj_dim], dense [N, proj_dim, h/s0, w/s0] or None)."""
         taps = self.encoder(x)
@@ -100,6 +112,29 @@ class ContrastiveModel(nn.Module):
         size = taps[0].shape[-2:]
         f = torch.cat([taps[0]] + [F.interpolate(t, size=size, mode="bilinear", align_corners=False) for t in taps[1:]], dim=1)
         return z, self.dense_head(f)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) under torch.distributed, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _gather(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Concatenate every rank's shard along dim 0 (identity in one process).
+
+    Only this rank's shard carries gradients, so the backward pass needs no collectives;
+    each rank's gradient is its shard's part of the whole-batch gradient, and the loss
+    is scaled by the world size before backward so that DDP's average is their sum.
+    """
+    rank, world = _world()
+    if t is None or world == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(world)]
+    dist.all_gather(parts, t.detach().contiguous())
+    parts[rank] = t
+    return torch.cat(parts)
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -171,10 +206,22 @@ def pretrain(
 
     torch.manual_seed(cfg.seed)  # head initialisation
     model = ContrastiveModel(encoder, cfg).to(device)
+    rank, world = _world()
+    if world > 1 and batch % world:
+        raise ValueError(f"the batch of {batch} images does not split evenly over {world} processes; choose a batch size divisible by {world}")
+    if world > 1 and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     key_model = copy.deepcopy(model).requires_grad_(False) if cfg.method == "moco" else None
     queue = F.normalize(torch.randn(cfg.queue_size, cfg.proj_dim, generator=torch.Generator().manual_seed(cfg.seed)), dim=1).to(device)
     queue_ptr = 0
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    net: nn.Module = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if cfg.method == "spotdiff":  # its objective never reads the global head: nothing to synchronise there
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, [f"head.{n}" for n, _ in model.head.named_parameters()])
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     g = torch.Generator().manual_seed(cfg.seed)
     ntxent, infonce, dense_loss = NTXentLoss(cfg.temperature), InfoNCEQueueLoss(cfg.temperature), DenseInfoNCELoss(cfg.temperature)
     spot_loss = PerturbationContrastLoss(cfg.temperature)
@@ -217,30 +264,39 @@ def pretrain(
             pmask = None
             if cfg.method in DENSE_METHODS and cfg.perturb.prob > 0:
                 v1, pmask = perturb(v1, cfg.perturb, g)
-            loss = _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, spot_loss, pmask)
+            if world > 1:  # this rank embeds its shard; _loss gathers the whole batch's embeddings
+                v0, v1 = v0.chunk(world)[rank], v1.chunk(world)[rank]
+            loss = _loss(net, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, spot_loss, pmask)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * world if world > 1 else loss).backward()  # DDP averages the ranks' shares of the gradient (see _gather)
             opt.step()
             if key_model is not None:
                 _momentum_update(model, key_model, cfg.momentum)
                 with torch.no_grad():
-                    keys = F.normalize(key_model.embed(v1)[0], dim=1)
+                    keys = F.normalize(_gather(key_model.embed(v1)[0]), dim=1)
                 queue, queue_ptr = _enqueue(queue, queue_ptr, keys)
             epoch_loss += loss.item()
             seen += x.shape[0]
             bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(i + 1) * batch / (time.perf_counter() - t0):.1f}")
         seconds += time.perf_counter() - t0
         losses.append(epoch_loss / steps_per_epoch)
-        save_encoder(model.encoder, out_dir / ENCODER_FILE, {**meta, "epochs": epoch + 1, "pretrain": config_dict})
+        if world > 1:  # BatchNorm running statistics saw only this rank's shards: average them over the ranks
+            for b in model.buffers():
+                if b.is_floating_point():
+                    dist.all_reduce(b)
+                    b.div_(world)
+        if rank == 0:
+            save_encoder(model.encoder, out_dir / ENCODER_FILE, {**meta, "epochs": epoch + 1, "pretrain": config_dict})
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": g.get_state(),
                  "epoch": epoch + 1, "losses": losses, "seconds": seconds, "seen": seen, "config": config_dict,
                  "queue": queue.cpu(), "queue_ptr": queue_ptr}
         if key_model is not None:
             state["key_model"] = key_model.state_dict()
-        save_atomic(state, state_path)
+        if rank == 0:
+            save_atomic(state, state_path)
         if on_epoch is not None:
             on_epoch(epoch + 1, losses[-1])
-    if cfg.epochs == 0 or not (out_dir / ENCODER_FILE).is_file():
+    if rank == 0 and (cfg.epochs == 0 or not (out_dir / ENCODER_FILE).is_file()):
         save_encoder(model.encoder, out_dir / ENCODER_FILE, {**meta, "epochs": 0, "pretrain": config_dict})
     model.encoder.eval()
     return PretrainResult(out_dir / ENCODER_FILE, cfg.epochs - start_epoch, seconds, seen / seconds if seconds else 0.0, losses)
@@ -251,14 +307,14 @@ def _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infon
 
     pmask: bool [N, S, S] pixels of view 1 changed by anomaly-like perturbations, or None.
     """
-    z0, d0 = model.embed(v0)
-    z1, d1 = model.embed(v1)
+    (z0, d0), (z1, d1) = model(v0, v1)  # embed(v0), embed(v1)
+    z0, d0, z1, d1 = (_gather(t) for t in (z0, d0, z1, d1))  # the whole batch's embeddings under DDP
     if cfg.method == "spotdiff":  # PretrainConfig guarantees perturbations (pmask is set)
         k01, valid01, hard01, _ = _matched_keys(d0, d1, theta0, theta1, pmask)
         return spot_loss(d0, k01, valid01, hard01)
     if cfg.method == "moco":
         with torch.no_grad():
-            k0, k1 = key_model.embed(v0)[0], key_model.embed(v1)[0]
+            k0, k1 = _gather(key_model.embed(v0)[0]), _gather(key_model.embed(v1)[0])
         return 0.5 * (infonce(z0, k1, queue) + infonce(z1, k0, queue))
     loss = ntxent(z0, z1)
     if cfg.method == "densecl":
