@@ -133,6 +133,8 @@ class LiveInspector:
 
     def _reader(self) -> None:
         try:
+            if self.cfg.max_frames == 0:
+                return
             for frame in self.source:
                 item = (frame, time.perf_counter())
                 with self._lock:

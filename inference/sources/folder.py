@@ -6,7 +6,8 @@ still being written by the inspection machine is not read half-way (set stable_s
 above the longest pause of the writer; writers that rename finished files into place
 need none). Files are taken in
 name order within a poll and never re-read (names are remembered for the life of the
-source; a file replaced under the same name is not read again). Hidden files and
+source while the file exists; a file replaced under the same name is not read again,
+one deleted and later written again under its old name is a new file). Hidden files and
 temp files (".*", "*.tmp", "*.part") are ignored. Unreadable files become error frames
 (counted and logged by the loop).
 
@@ -67,6 +68,8 @@ class FolderSource(Source):
         except OSError as err:
             log.warning("%s: cannot list the folder (%s); retrying", self.spec, err)
             return []
+        # forget names that are gone (processed files deleted by the line): `seen` stays as big as the folder
+        self.seen.intersection_update(p.name for p in entries)
         for p in entries:
             n = p.name
             if n in self.seen or n.startswith(".") or n.endswith((".tmp", ".part")) or p.suffix.lower() not in self.extensions:

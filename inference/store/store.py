@@ -121,6 +121,8 @@ def make_engine(url: str, connect_timeout: float = 5.0) -> Engine:
     args: dict[str, Any] = {}
     if u.get_backend_name() == "postgresql":
         args["connect_timeout"] = max(1, int(round(connect_timeout)))
+        # TCP keepalives: a silently dead network path fails in ~15 s instead of hanging a write forever
+        args.update(keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=5)
     return create_engine(url, pool_pre_ping=True, pool_recycle=300, connect_args=args)
 
 
