@@ -162,6 +162,39 @@ def test_video_every_frame_matches_offline(tmp_path: Path, bundle: Path, inspect
     store.close()
 
 
+@pytest.mark.slow
+def test_mtd_video_every_frame_matches_offline(tmp_path: Path, mtd_root: Path, single_thread: None) -> None:
+    """The acceptance check on real data: a video of the whole MTD test split (582 images, resized to the
+    model's 128 px as a camera would deliver them), every-frame, against offline decisions on the decoded frames.
+    The model: smoke config, 0 epochs, fitted on every 8th MTD training image (quality is not the point here)."""
+    from inference.export import export_bundle
+    from pipeline.data.io import read_image
+    from pipeline.steps import fit_step, pretrain_step, read_samples
+
+    split = json.loads((mtd_root / "split.json").read_text())
+    manifest = tmp_path / "mtd-subset.json"
+    manifest.write_text(json.dumps({"train": [[str(mtd_root / row[0]), None, 0] for row in split["train"][::8]],
+                                    "test": [[str(mtd_root / row[0]), None, row[2]] for row in split["test"][:2]]}))
+    run = tmp_path / "run"
+    pretrain_step(manifest, run, "smoke", epochs=0, progress=False)
+    fit_step(run, manifest, progress=False)
+    export_bundle(run, tmp_path / "bundle", max_batch=8)
+    samples, _ = read_samples(mtd_root / "split.json", "test", False, 1)
+    video = tmp_path / "mtd.avi"
+    vw = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"FFV1"), 25, (128, 128))
+    for smp in samples:
+        vw.write(cv2.cvtColor(cv2.resize(read_image(smp.image, 1), (128, 128), interpolation=cv2.INTER_AREA), cv2.COLOR_GRAY2BGR))
+    vw.release()
+    frames = decoded(video)
+    assert len(frames) == len(samples) == len(split["test"])
+    want = {i for i, f in enumerate(offline_flags(BundleInspector.load(tmp_path / "bundle", runtime=RUNTIME), frames)) if f}
+    store = store_for(tmp_path)
+    s = run_loop(open_source(str(video)), str(tmp_path / "bundle"), store, max_batch=8)
+    assert (s["frames"], s["dropped"], s["errors"]) == (len(frames), 0, 0)
+    assert {r.frame_index for r in store.records(s["run_id"])} == want and s["flagged"] == len(want) > 0
+    store.close()
+
+
 def test_latest_policy_drops_stale_frames(tmp_path: Path, bundle: Path, test_images: list[Path]) -> None:
     video = make_video(tmp_path / "fast.avi", test_images, repeat=12)  # decoding is far faster than inference
     s = run_loop(open_source(str(video)), str(bundle), None, policy="latest", max_batch=1, max_wait_ms=0)
@@ -401,3 +434,14 @@ def test_cli_inspect_summary(tmp_path: Path, bundle: Path, test_images: list[Pat
 
 
 from test_store import PG_HOST, PG_PORT, TcpProxy, pg_database, pg_url  # noqa: E402,F401 - the PostgreSQL fixture and proxy
+
+
+def test_demo_live(tmp_path: Path, bundle: Path) -> None:
+    from inference.demo_live import run_demo_live
+
+    info = run_demo_live(str(bundle), tmp_path / "demo", strip_width=512, strip_defects=2, parts=6, runtime=RUNTIME)
+    assert info["strip"]["frames"] == 5 and info["video"]["frames"] == 6  # 128-px tiles, stride 96, over 512 px
+    assert info["records"] == info["strip"]["flagged"] + info["video"]["flagged"] == len(info["flagged"])
+    assert info["db_url"] == f"sqlite:///{(tmp_path / 'demo' / 'results' / 'results.db').resolve()}"
+    for rec in info["flagged"]:
+        assert all(Path(rec[k]).is_file() for k in ("image", "map", "overlay"))
