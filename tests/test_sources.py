@@ -264,3 +264,13 @@ def test_genicam_simulated_producer() -> None:
             src.close()
     assert [f.index for f in got] == [0, 1, 2]
     assert all(f.error is None and f.image.dtype == np.uint8 and f.image.ndim == 3 and f.image.shape[2] == 3 for f in got)
+
+
+def test_strip_axis_is_known_at_open(tmp_path: Path) -> None:
+    cv2.imwrite(str(tmp_path / "wide.png"), np.zeros((32, 200), np.uint8))
+    cv2.imwrite(str(tmp_path / "tall.png"), np.zeros((200, 32), np.uint8))
+    assert open_source(f"linescan:{tmp_path / 'wide.png'}").axis == "x"  # the loop's merger needs it before reading
+    assert open_source(f"linescan:{tmp_path / 'tall.png'}").axis == "y"
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    with pytest.raises(SourceError, match="not a decodable image"):
+        open_source(f"linescan:{tmp_path / 'bad.png'}")

@@ -139,18 +139,24 @@ class LineScanSource(Source):
             raise SourceError(f"{self.spec}: {self.path} is neither a strip image nor a folder of line blocks")
         self.idle_timeout, self.poll_interval = idle_timeout, poll_interval
         self.live = self.kind == "blocks" and idle_timeout is None
-        self.axis = cfg.axis if cfg.axis != "auto" else "y"  # strips: decided when the image is read
+        self.axis = cfg.axis if cfg.axis != "auto" else "y"
         self.tiler: LineTiler | None = None
-
-    def _blocks(self) -> Iterator[tuple[np.ndarray | None, str | None]]:
-        """(scan-space block, None) or (None, error) in order."""
-        if self.kind == "strip":
+        self._strip: np.ndarray | None = None
+        if self.kind == "strip":  # read now: a bad file is an error at open, and "auto" knows its axis
             image, err = read_frame_file(self.path)
             if image is None:
                 raise SourceError(f"{self.spec}: {err}")
             assert isinstance(image, np.ndarray)
-            if self.cfg.axis == "auto":
+            if cfg.axis == "auto":
                 self.axis = "x" if image.shape[1] > image.shape[0] else "y"
+            self._strip = image
+
+    def _blocks(self) -> Iterator[tuple[np.ndarray | None, str | None]]:
+        """(scan-space block, None) or (None, error) in order."""
+        if self.kind == "strip":
+            image, self._strip = self._strip, None  # the source is read once
+            if image is None:
+                return
             if self.axis == "x":
                 image = np.ascontiguousarray(np.swapaxes(image, 0, 1))
             n = max(1, int(self.cfg.block_lines))
