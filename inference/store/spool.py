@@ -51,12 +51,14 @@ class Spool:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.lock = FileLock(str(self.folder / ".replay.lock"))
         self._counter = itertools.count()
+        self._last_ns = max((int(p.name.split("-")[0]) for p in self.files() if p.name.split("-")[0].isdigit()), default=0)
 
     def put(self, op: str, data: dict[str, Any]) -> Path:
         """Append one operation (atomic file write); returns its file."""
         if op not in OPS:
             raise ValueError(f"unknown spool operation {op!r}; expected one of {OPS}")
-        name = f"{time.time_ns():020d}-{os.getpid():08d}-{next(self._counter):08d}.json"
+        self._last_ns = max(time.time_ns(), self._last_ns + 1)  # increasing even if the wall clock steps back
+        name = f"{self._last_ns:020d}-{os.getpid():08d}-{next(self._counter):08d}.json"
         return write_json_atomic(self.folder / name, {"format": SPOOL_FORMAT, "op": op, "data": data})
 
     def files(self) -> list[Path]:
