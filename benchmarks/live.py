@@ -107,7 +107,9 @@ def main() -> None:
         "loop_store_vs_bare": round(med["loop_store"] / med["bare"], 3),
         "flagged_fraction_with_store": round(last["flagged"] / last["frames"], 3),
         "loop_latency_ms": {"p50": last["p50_ms"], "p99": last["p99_ms"]},
-        "note": "2 shared CPU cores (other jobs running): absolute numbers are lower bounds; the ratios are the result",
+        "note": ("2 shared CPU cores (other jobs running): absolute numbers are lower bounds and single runs vary a lot; "
+                 "the median ratios are the result. Loop latency includes waiting in the 64-frame queue: a video file "
+                 "is read faster than real time, so this is not a camera's latency"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from pipeline.atomic import write_json_atomic
