@@ -19,6 +19,7 @@ Heavy modules (torch, pipeline.steps) are imported inside the commands so that
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -236,47 +237,47 @@ def export(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the data, the run and the results."),
+    out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Folder for the data, the Loupe home (registry, results) and the results."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help=f"Pretraining epochs (default {DEMO_EPOCHS})."),
     config: str = typer.Option("default", "--config", "-c", help=_CONFIG_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
 ) -> None:
-    """Synthetic line-camera data -> pretrain -> fit -> evaluate, end to end.
+    """Synthetic line-camera data -> training flow (pretrain, fit, evaluate, export, register, promote) -> batch inspection.
 
-    Rerunning reuses the generated data, and a finished (or interrupted) pretraining
-    with the same config and epochs.
+    Rerunning reuses the generated data and a finished (or interrupted: resumed) pretraining
+    with the same data, config and code version. Everything lands under --out: the registry
+    and results store in OUT/home (use `--home OUT/home` with `loupe registry ...`).
     """
+    if quiet:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     with _cli_errors():
-        import numpy as np
+        from flows.cli_train import echo_inspection, prefect_run_settings
+        from flows.demo import run_demo_training
 
-        from pipeline.config import load_config
-        from pipeline.data import write_image_atomic
-        from pipeline.data.synthetic import make_strip, write_dataset
-        from pipeline.steps import CONFIG_FILE, evaluate_step, fit_step, load_run_config, pretrain_step
-
-        data_dir, run_dir = out / "data", out / "run"
-        try:
-            split = write_dataset(data_dir, **DEMO_DATA)
-        except FileExistsError as exc:
-            raise ValueError(f"{exc}; pass another --out folder") from None
-        strip_png = data_dir / "strip.png"
-        if not strip_png.is_file():
-            strip, _ = make_strip(np.random.default_rng(DEMO_DATA["seed"]), DEMO_DATA["texture"])
-            write_image_atomic(strip_png, strip)
-        typer.echo(f"data: {data_dir} ({DEMO_DATA['n_train']} train, {DEMO_DATA['n_test_good']} good + "
-                   f"{DEMO_DATA['n_test_defect']} defective test images; line-scan strip preview {strip_png})")
-
-        cfg = load_config(config)
-        cfg.pretrain.epochs = DEMO_EPOCHS if epochs is None else epochs
-        resume = (run_dir / CONFIG_FILE).is_file() and load_run_config(run_dir) == cfg
-        pre = pretrain_step(split, run_dir, cfg, resume=resume, progress=not quiet)
-        _echo_pretrain(pre, run_dir)
-        _echo_fit(fit_step(run_dir, split, progress=not quiet), run_dir)
-        metrics_json = out / "metrics.json"
-        metrics = evaluate_step(run_dir, split, metrics_json, scores_csv=out / "scores.csv", progress=not quiet)
+        with prefect_run_settings():
+            ctx = run_demo_training(out, DEMO_DATA, config=config, epochs=DEMO_EPOCHS if epochs is None else epochs, progress=not quiet)
+    r = ctx.training
+    typer.echo(f"data: {ctx.data_dir} ({DEMO_DATA['n_train']} train, {DEMO_DATA['n_test_good']} good + "
+               f"{DEMO_DATA['n_test_defect']} defective test images; line-scan strip preview {ctx.strip_png})")
+    pre = r["pretrain"]
+    if pre.get("cached"):
+        typer.echo(f"pretraining reused from {pre['dir']} ({pre['epochs']} epochs, same data, config and code)")
+    else:
+        losses = pre.get("losses") or []
+        resumed = f", resumed from epoch {pre['resumed_from_epoch']}" if pre.get("resumed_from_epoch") else ""
+        typer.echo(f"pretrained {r['fit']['config']} ({pre['epochs']} epochs{resumed}) in {pre['seconds']:.1f} s"
+                   + (f", final loss {losses[-1]:.4f}" if losses else ""))
+    _echo_fit(r["fit"], Path(r["run_dir"]))
     typer.echo("demo results:")
-    _echo_metrics(metrics, metrics_json, out / "scores.csv")
-    typer.echo(f"  {'strip:':<11}{strip_png}")
+    _echo_metrics(r["metrics"], ctx.metrics_json, ctx.scores_csv)
+    typer.echo(f"  {'strip:':<11}{ctx.strip_png}")
+    gate = r["gate"]
+    typer.echo(f"registry: {ctx.product} {r['version']} (model {r['model_version']}) "
+               + ("promoted to champion" if r["promoted"] else "not promoted" + (f": {'; '.join(gate['reasons'])}" if gate["reasons"] else ""))
+               + f"; champion {r['champion'] or 'none'} (loupe registry list --home {ctx.home})")
+    echo_inspection(ctx.inspection)
+    # Further demo steps (live inspection, review) go below: they take `ctx` (flows.demo.DemoContext: the Loupe
+    # home with registry:demo, the results store URL and image root, the data and the results above).
 
 
 @bench_app.command("quality")

@@ -12,10 +12,11 @@ heavy imports stay inside the commands so that `loupe --help` stays fast.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import typer
 
@@ -27,6 +28,21 @@ def _quiet_prefect(quiet: bool) -> None:
     """Prefect reads its logging level at import: set it before the first import."""
     if quiet:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+
+#: Seconds to wait for Prefect's ephemeral server (Prefect's default, 20 s, is short on a busy machine).
+EPHEMERAL_STARTUP_TIMEOUT = 180
+
+
+@contextlib.contextmanager
+def prefect_run_settings() -> Iterator[None]:
+    """Settings for running flows from the command line: a patient ephemeral-server start-up."""
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT))  # before the first import
+    import prefect.settings as ps
+
+    current = ps.get_current_settings().server.ephemeral.startup_timeout_seconds
+    with ps.temporary_settings(updates={ps.PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: max(current, EPHEMERAL_STARTUP_TIMEOUT)}):
+        yield
 
 
 def dask_runner(address: str, workers: int | None = None) -> Any:
@@ -104,7 +120,8 @@ def register(app: typer.Typer) -> None:
             except ValidationError as err:
                 raise ValueError("; ".join(e["msg"] for e in err.errors())) from None
             runner = training_flow.with_options(task_runner=dask_runner(dask)) if dask else training_flow
-            result = runner(params)
+            with prefect_run_settings():
+                result = runner(params)
         if as_json:
             typer.echo(json.dumps(result, indent=2, default=str))
         else:
@@ -280,7 +297,8 @@ def register(app: typer.Typer) -> None:
                                       store=not no_store, db=db, image_root=str(image_root) if image_root else None, runtime=runtime,
                                       chunk_size=chunk_size, home=str(home) if home else None)
             runner = batch_inspection_flow.with_options(task_runner=dask_runner(dask)) if dask else batch_inspection_flow
-            summary = runner(params)
+            with prefect_run_settings():
+                summary = runner(params)
         echo_inspection(summary)
 
 

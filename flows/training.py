@@ -375,11 +375,12 @@ def _n_shards(params: TrainingParams, n_test: int) -> int:
 
     ctx = FlowRunContext.get()
     runner = getattr(ctx, "task_runner", None) if ctx else None
-    client = getattr(runner, "_client", None)
-    if client is not None:  # DaskTaskRunner: one shard per worker (at least), shards of <= 256 images
+    if type(runner).__name__ == "DaskTaskRunner":  # one shard per worker (at least), shards of <= 256 images
         try:
-            workers = len(client.scheduler_info().get("workers", {}))
-        except Exception:  # the scheduler's info is only a sizing hint
+            client = runner.client  # started on first use
+            client.wait_for_workers(1, timeout=120)  # a local cluster may still be starting its workers
+            workers = len(client.nthreads())
+        except Exception:  # the worker count is only a sizing hint
             workers = 1
         return max(workers, -(-n_test // 256))
     return 1
