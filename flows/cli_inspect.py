@@ -30,6 +30,18 @@ def status_line(s: dict[str, Any]) -> str:
             f"flagged {s['flagged']} dropped {s['dropped']} errors {s['errors']} | model {s['model_version']}{extra}")
 
 
+def default_state_file(station: str, source: str) -> Path:
+    """$LOUPE_HOME/live/state/<station>-<sha256(resolved folder)[:12]>.done"""
+    import hashlib
+    import re
+
+    from inference.store import loupe_home
+
+    folder = Path(source[len("folder:"):]).expanduser().resolve()
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", station)[:64] or "station"
+    return loupe_home() / "live" / "state" / f"{safe}-{hashlib.sha256(str(folder).encode()).hexdigest()[:12]}.done"
+
+
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `loupe` app."""
 
@@ -52,6 +64,8 @@ def register(app: typer.Typer) -> None:
         tile_width: Optional[int] = typer.Option(None, "--tile-width", min=1, help="Line-scan tile width across the sensor (default: the sensor width)."),
         scan_axis: str = typer.Option("auto", "--scan-axis", help="Line-scan direction: auto, y (lines are rows) or x (lines are columns)."),
         idle_exit: Optional[float] = typer.Option(None, "--idle-exit", min=0.0, help="folder:/linescan: folders: stop after this many seconds without a new file."),
+        state: Optional[Path] = typer.Option(None, "--state", help="folder: sources: file remembering the files already handled, so a restart continues where it stopped (default $LOUPE_HOME/live/state/STATION-HASH.done)."),
+        no_state: bool = typer.Option(False, "--no-state", help="folder: sources: no state file (every file present is read)."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status line."),
     ) -> None:
         """Inspect a live source with a model bundle; flagged frames go to the results store."""
@@ -71,7 +85,10 @@ def register(app: typer.Typer) -> None:
             cfg = LiveConfig(station=station, policy=policy, max_batch=max_batch, max_wait_ms=max_wait_ms,
                              max_frames=max_frames, runtime=runtime)
             tiles = TileConfig(tile_height=tile_height, overlap=tile_overlap, width=tile_width, axis=scan_axis)
-            src = open_source(source, tiles=tiles, idle_timeout=idle_exit)
+            state_file = None
+            if source.startswith("folder:") and not no_state:
+                state_file = state or default_state_file(station, source)
+            src = open_source(source, tiles=tiles, idle_timeout=idle_exit, state=state_file)
             store = ResultsStore(db, image_root=image_root)
             tty = sys.stderr.isatty()
             last = [0.0]

@@ -24,6 +24,12 @@ Threads:
   (`inference.store.ResultsStore`, which spools while the database is away and replays
   during quiet moments); its queue is bounded too (back-pressure, never a drop).
 
+Every frame, once handled (inspected and, if flagged, stored; or counted as error or dropped),
+is acknowledged to its source (`Source.ack`, through the sink so it follows the frame's
+record): a folder source with a state file then continues after a restart where it stopped,
+and folder files get deterministic record ids (`record_id`), so a file inspected again after
+a crash never gets a second record.
+
 Bad frames (unreadable, zero-size, wrong channel count or dtype) are counted as errors and
 logged (the first 20, then every 100th); a batch the runtime fails on counts its frames as
 errors (10 failing batches in a row stop the loop: the model, not the frames, is broken).
@@ -38,6 +44,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
@@ -85,6 +92,17 @@ class LiveConfig:
             raise ValueError("--max-frames must be >= 0")
 
 
+#: Namespace of deterministic record ids (uuid5) for frames with a stable identity.
+RECORD_NAMESPACE = uuid.UUID("6d1f3c2e-8a4b-4f0e-9b7a-2c5d8e1f4a30")
+
+
+def record_id(station: str, det: Detection) -> Optional[str]:
+    """uuid5 of (station, source, frame key) for frames with a stable identity (folder files), else None (uuid4)."""
+    if det.key is None:
+        return None
+    return uuid.uuid5(RECORD_NAMESPACE, f"{station}\n{det.source}\n{det.key}").hex
+
+
 def _percentile_ms(values: Any, q: float) -> Optional[float]:
     return float(np.percentile(np.fromiter(values, float), q) * 1000.0) if len(values) else None
 
@@ -121,6 +139,7 @@ class LiveInspector:
         self.last_frame_at: Optional[float] = None
         self.running = False
         self._hard_stop = False  # the main loop died: the reader must not wait for queue space
+        self._reader_thread: Optional[threading.Thread] = None
 
     # ------------------------------------------------------------------ control
 
@@ -146,10 +165,11 @@ class LiveInspector:
                             break
                         except queue.Full:
                             try:
-                                self.q.get_nowait()
+                                stale, _ = self.q.get_nowait()
                                 with self._lock:
                                     self.dropped += 1
                                 self.metrics.dropped.inc()
+                                self._ack(stale)
                             except queue.Empty:
                                 pass
                 else:
@@ -188,10 +208,12 @@ class LiveInspector:
                 continue  # drain without writing: the loop is stopping
             kind, payload = item
             try:
-                if kind == "record":
+                if kind == "ack":
+                    self.source.ack(payload)
+                elif kind == "record":
                     d: Detection = payload
                     rid = self.store.add_flagged(
-                        self.run_id, frame=d.image, anomaly_map=d.anomaly_map, score=d.score, threshold=0.5,
+                        self.run_id, record_id=record_id(self.cfg.station, d), frame=d.image, anomaly_map=d.anomaly_map, score=d.score, threshold=0.5,
                         is_defect=d.is_defect, model_version=d.model_version, station=self.cfg.station, source=d.source,
                         frame_index=d.frame_index, strip=d.strip, captured_at=d.captured_at)
                     self.record_ids.append(rid)
@@ -202,6 +224,13 @@ class LiveInspector:
                 log.error("results store write failed: %s", err)
                 self.sink_error = err
                 self.stop()
+
+    def _ack(self, frame: Frame) -> None:
+        """Tell the source the frame is handled: after its record (if any) is written, so through the sink queue."""
+        if self.store is not None and threading.current_thread() is not self._reader_thread:
+            self.sink_q.put(("ack", frame))
+        else:
+            self.source.ack(frame)
 
     def _put_sink(self, item: Any) -> None:
         if self.store is not None:
@@ -233,6 +262,7 @@ class LiveInspector:
         return items
 
     def _bad(self, frame: Frame, why: str) -> None:
+        self._ack(frame)  # a bad file stays bad: not read again after a restart
         self.errors += 1
         self.metrics.errors.inc()
         self._errors_logged += 1
@@ -278,6 +308,7 @@ class LiveInspector:
                 self.flagged_frames += 1
             for det in self.reporter.feed(frame, float(score), amap, bool(flag), insp.model_version):
                 self._emit(det)
+            self._ack(frame)
         self.last_frame_at = time.time()
         self._recent.append((now, self.frames))
         self.drift.update(res.score.tolist())
@@ -315,7 +346,7 @@ class LiveInspector:
         self.started = utcnow()
         if self.store is not None:
             self.run_id = self.store.start_run(self.cfg.station, self.source.spec, self.model.model_version)
-        reader = threading.Thread(target=self._reader, name="loupe-reader", daemon=True)
+        reader = self._reader_thread = threading.Thread(target=self._reader, name="loupe-reader", daemon=True)
         sink = threading.Thread(target=self._sink, name="loupe-sink", daemon=True) if self.store is not None else None
         self.running = True
         self._t0 = time.perf_counter()
@@ -360,6 +391,10 @@ class LiveInspector:
                 self._put_sink(("counts", self._counts()))
                 self.sink_q.put(_END)
                 sink.join()
+            try:
+                self.source.release()
+            except Exception as err:  # noqa: BLE001
+                log.error("could not release the source %s: %s", self.source.spec, err)
             summary = self.summary()
             if self.store is not None:
                 self.store.end_run(self.run_id, summary)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ class Detection:
     model_version: str
     strip: Optional[tuple[int, int, int, int]] = None
     tiles: int = 1
+    key: Optional[str] = None  # the frame's stable identity (folder files): makes the record id deterministic
 
 
 class FrameReporter:
@@ -50,7 +51,8 @@ class FrameReporter:
         if not is_defect:
             return []
         assert frame.image is not None
-        return [Detection(frame.image, anomaly_map, score, True, frame.index, frame.captured_at, frame.source, model_version, frame.strip)]
+        return [Detection(frame.image, anomaly_map, score, True, frame.index, frame.captured_at, frame.source, model_version,
+                          frame.strip, key=frame.key)]
 
     def flush(self) -> list[Detection]:
         return []

@@ -24,18 +24,19 @@ __all__ = ["ArraySource", "Frame", "FolderSource", "LineScanSource", "LineTiler"
 
 
 def open_source(spec: str, *, stop: threading.Event | None = None, tiles: TileConfig | None = None,
-                idle_timeout: float | None = None, **kw: Any) -> Source:
+                idle_timeout: float | None = None, state: Any = None, **kw: Any) -> Source:
     """A source for a `--source` spec (see the table above).
 
     idle_timeout: for folder: and linescan: folders, end after that many seconds without
     a new file (None: a folder is watched until stopped; a line-block folder ends after 2 s).
+    state: for folder: sources, a file remembering the files already handled (restart continues).
     Other keywords go to the source class (e.g. backoff_initial for streams).
     """
     spec = str(spec).strip()
     if not spec:
         raise SourceError("empty --source; pass a video path, a stream URL, a camera index, folder:PATH or linescan:PATH")
     if spec.startswith("folder:"):
-        return FolderSource(spec[len("folder:"):], stop=stop, idle_timeout=idle_timeout, **kw)
+        return FolderSource(spec[len("folder:"):], stop=stop, idle_timeout=idle_timeout, state=state, **kw)
     if spec.startswith("linescan:"):
         return LineScanSource(spec[len("linescan:"):], tiles or TileConfig(), stop=stop,
                               idle_timeout=2.0 if idle_timeout is None else idle_timeout, **kw)

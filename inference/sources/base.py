@@ -7,7 +7,8 @@ converted at the source), never resized: fitting a frame to the bundle's input
 not read is yielded with `image=None` and `error` set, so the loop counts and logs it
 instead of stopping.
 
-`stop` (a `threading.Event`) asks a source to end early; sources check it between
+After the loop has fully handled a frame it calls `source.ack(frame)` (resumable sources
+remember it). `stop` (a `threading.Event`) asks a source to end early; sources check it between
 frames and during waits (backoff, polling), so a stop never waits for a long sleep.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Frame:
     strip: Optional[tuple[int, int, int, int]] = None  # (y0, y1, x0, x1) on a line-scan strip
     error: Optional[str] = None  # why the frame is unusable (unreadable file, ...)
     name: Optional[str] = None  # file name for folder sources
+    key: Optional[str] = None  # stable identity across restarts (folder files: name, size, mtime), or None
 
 
 class Source:
@@ -57,6 +59,16 @@ class Source:
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames()
+
+    def ack(self, frame: Frame) -> None:
+        """The loop is done with `frame` (inspected and, if flagged, stored; or counted as error/dropped).
+
+        Sources that can resume after a restart (a folder with a state file) remember it here.
+        Called from the loop's threads, in frame order.
+        """
+
+    def release(self) -> None:
+        """Flush and close what the source keeps besides the device (e.g. a state file); called once at the end."""
 
     def close(self) -> None:
         """Ask the source to end (it releases its device/file when its generator finishes); safe to call twice."""

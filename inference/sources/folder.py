@@ -11,6 +11,15 @@ one deleted and later written again under its old name is a new file). Hidden fi
 temp files (".*", "*.tmp", "*.part") are ignored. Unreadable files become error frames
 (counted and logged by the loop).
 
+With a `state` file, a restart continues where the last run stopped: every file the loop
+has fully handled (`ack`: inspected and, if flagged, stored) is appended to the state file
+(one name per line, flushed at once, fsynced at most once a second: a killed process
+loses nothing, a power cut may re-inspect the last second's files), and files listed there
+are not read again. The file is compacted on open (names whose files are gone are
+dropped; written atomically). Each frame carries `key` = name, size and mtime, which the
+loop turns into the record id, so a file re-inspected after a crash between storing its
+record and acknowledging it does not get a second record.
+
 With `existing=False`, files already present at start are skipped (only new arrivals);
 `idle_timeout` ends the source after that many seconds without a new file (None: watch
 forever, until stopped).
@@ -18,12 +27,14 @@ forever, until stopped).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from inference.sources.base import Frame, Source, SourceError
+from pipeline.atomic import write_text_atomic
 from pipeline.data.errors import DataError
 from pipeline.data.io import IMAGE_EXTENSIONS, _color_planes, _decode, _to_uint8
 
@@ -48,7 +59,7 @@ class FolderSource(Source):
 
     def __init__(self, folder: str | Path, *, stop: threading.Event | None = None, poll_interval: float = 0.2,
                  stable_seconds: float = 0.5, existing: bool = True, idle_timeout: float | None = None,
-                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> None:
+                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS, state: str | Path | None = None) -> None:
         super().__init__(stop)
         self.folder = Path(folder)
         if not self.folder.is_dir():
@@ -59,7 +70,46 @@ class FolderSource(Source):
         self.existing, self.idle_timeout = existing, idle_timeout
         self.extensions = tuple(e.lower() for e in extensions)
         self.seen: set[str] = set()
+        self.state = Path(state) if state is not None else None
+        self._state_f: Any = None
+        self._last_sync = 0.0
+        self._state_lock = threading.Lock()
+        if self.state is not None:
+            self._open_state()
         self._sizes: dict[str, tuple[tuple[int, int], float]] = {}  # name -> ((size, mtime_ns), first seen so)
+
+    def _open_state(self) -> None:
+        assert self.state is not None
+        done: list[str] = []
+        if self.state.is_file():
+            lines = self.state.read_text(errors="replace").split("\n")
+            done = [n for n in lines[:-1] if n]  # the last piece is "" or a line cut by a crash
+        present = {p.name for p in self.folder.iterdir()}
+        keep = [n for n in dict.fromkeys(done) if n in present]
+        write_text_atomic(self.state, "".join(f"{n}\n" for n in keep))
+        self.seen.update(keep)
+        self._state_f = open(self.state, "a", encoding="utf-8")  # noqa: SIM115 - kept open for appends
+        if keep:
+            log.info("%s: %d file(s) already handled (state %s)", self.spec, len(keep), self.state)
+
+    def ack(self, frame: Frame) -> None:
+        if self._state_f is None or frame.name is None:
+            return
+        with self._state_lock:
+            self._state_f.write(frame.name + "\n")
+            self._state_f.flush()  # in the OS now: survives kill -9
+            if time.monotonic() - self._last_sync >= 1.0:
+                os.fsync(self._state_f.fileno())
+                self._last_sync = time.monotonic()
+
+    def release(self) -> None:
+        """Sync and close the state file (the loop calls it when done)."""
+        with self._state_lock:
+            if self._state_f is not None:
+                self._state_f.flush()
+                os.fsync(self._state_f.fileno())
+                self._state_f.close()
+                self._state_f = None
 
     def _candidates(self) -> list[Path]:
         out = []
@@ -106,8 +156,13 @@ class FolderSource(Source):
                     return
                 self.seen.add(path.name)
                 self._sizes.pop(path.name, None)
+                try:
+                    st = path.stat()
+                    key: str | None = f"{path.name}\n{st.st_size}\n{st.st_mtime_ns}"
+                except OSError:
+                    key = None
                 image, err = read_frame_file(path)
-                yield Frame(index=index, image=image, source=self.spec, error=err, name=path.name)  # type: ignore[arg-type]
+                yield Frame(index=index, image=image, source=self.spec, error=err, name=path.name, key=key)  # type: ignore[arg-type]
                 index += 1
                 last_new = time.monotonic()
             if self.idle_timeout is not None and time.monotonic() - last_new >= self.idle_timeout:
