@@ -81,6 +81,7 @@ class LiveConfig:
     reload_interval: float = 2.0  # registry polling (registry:PRODUCT models)
     counts_interval: float = 2.0  # run counters written to the store this often
     status_interval: float = 0.5  # status callback this often
+    stall_after_s: float = 30.0  # /health says "stalled" when a stream/camera delivered nothing for this long
     drift: DriftConfig = field(default_factory=DriftConfig)
 
     def __post_init__(self) -> None:
@@ -140,6 +141,7 @@ class LiveInspector:
         self.running = False
         self._hard_stop = False  # the main loop died: the reader must not wait for queue space
         self._reader_thread: Optional[threading.Thread] = None
+        self._started_wall: Optional[float] = None
 
     # ------------------------------------------------------------------ control
 
@@ -333,10 +335,19 @@ class LiveInspector:
                 "spooled": self.store.pending if self.store is not None else 0, "drift": self.drift.alarm}
 
     def health(self) -> dict[str, Any]:
-        """For /health: ok, degraded (database away, drift alarm), stopped."""
+        """For /health: ok; degraded (database away, drift alarm); stalled (a stream or camera delivered nothing
+        for `stall_after_s`: disconnected, reopening); stopped."""
         store_ok = self.store is None or self.store.available
-        state = "stopped" if not self.running else ("ok" if store_ok and not self.drift.alarm else "degraded")
-        return {"status": state, "station": self.cfg.station, "source": self.source.spec, "model_version": self.model.model_version,
+        since = self.last_frame_at or self._started_wall
+        stalled = (self.running and self.source.live and getattr(self.source, "stalls", True) and since is not None
+                   and time.time() - since > self.cfg.stall_after_s)
+        if not self.running:
+            state = "stopped"
+        elif stalled:
+            state = "stalled"
+        else:
+            state = "ok" if store_ok and not self.drift.alarm else "degraded"
+        return {"status": state, "reopens": getattr(self.source, "reopens", 0), "station": self.cfg.station, "source": self.source.spec, "model_version": self.model.model_version,
                 "frames": self.frames, "errors": self.errors, "store_available": store_ok,
                 "spooled": self.store.pending if self.store is not None else 0, "drift_alarm": self.drift.alarm,
                 "last_frame_age_s": None if self.last_frame_at is None else round(time.time() - self.last_frame_at, 3)}
@@ -349,6 +360,7 @@ class LiveInspector:
         reader = self._reader_thread = threading.Thread(target=self._reader, name="loupe-reader", daemon=True)
         sink = threading.Thread(target=self._sink, name="loupe-sink", daemon=True) if self.store is not None else None
         self.running = True
+        self._started_wall = time.time()
         self._t0 = time.perf_counter()
         last_counts = last_status = self._t0
         error: Optional[BaseException] = None

@@ -12,7 +12,8 @@
         loupe_drift_alarm / loupe_drift_psi / loupe_drift_ks_pvalue {station}
         loupe_queue_depth{station}, loupe_store_spooled{station}
     GET /health    JSON {"status": "ok"|"degraded"|"stalled"|"stopped", ...}; HTTP 200 for ok and
-                   degraded (database away: records spooled; drift alarm), 503 otherwise.
+                   degraded (database away: records spooled; drift alarm), 503 for stalled (a stream or
+                   camera delivered nothing for 30 s) and stopped.
 
 Each `StationMetrics` has its own `CollectorRegistry`, so several can live in one process.
 """

@@ -492,3 +492,24 @@ def test_folder_restart_continues_exactly_once(tmp_path: Path, bundle: Path, ins
     assert sorted(set(handled)) == sorted(f"{i:03d}.png" for i in range(len(images)))  # every file handled
     assert len(handled) - len(set(handled)) <= 2  # at most the batch in flight at the kill was inspected twice
     store.close()
+
+
+def test_health_reports_a_stalled_camera(tmp_path: Path, bundle: Path, test_images: list[Path]) -> None:
+    frames = [read_frame_file(p)[0] for p in test_images[:2]]
+    states: list[str] = []
+    holder: dict[str, LiveInspector] = {}
+
+    def camera() -> Iterator[np.ndarray]:
+        yield from frames
+        wait_for(lambda: holder["loop"].frames == 2)
+        states.append(holder["loop"].health()["status"])
+        wait_for(lambda: holder["loop"].health()["status"] == "stalled", timeout=10)  # nothing for stall_after_s
+        states.append("stalled")
+        yield frames[0]
+        wait_for(lambda: holder["loop"].frames == 3)
+        states.append(holder["loop"].health()["status"])
+
+    loop = LiveInspector(ArraySource(camera(), live=True), str(bundle), None, LiveConfig(runtime=RUNTIME, stall_after_s=0.3))
+    holder["loop"] = loop
+    assert loop.run()["frames"] == 3
+    assert states == ["ok", "stalled", "ok"] and loop.health()["status"] == "stopped"

@@ -57,6 +57,8 @@ def read_frame_file(path: Path) -> "tuple[object, str | None]":
 class FolderSource(Source):
     """New image files of a folder, in name order, each once."""
 
+    stalls = False  # a quiet folder is normal, not a stalled camera
+
     def __init__(self, folder: str | Path, *, stop: threading.Event | None = None, poll_interval: float = 0.2,
                  stable_seconds: float = 0.5, existing: bool = True, idle_timeout: float | None = None,
                  extensions: tuple[str, ...] = IMAGE_EXTENSIONS, state: str | Path | None = None) -> None:

@@ -123,6 +123,8 @@ class LineTiler:
 class LineScanSource(Source):
     """Tiles of a line-scan strip image or of a folder of line blocks (`linescan:PATH`)."""
 
+    stalls = False  # a quiet block folder is normal
+
     def __init__(self, path: str | Path, cfg: TileConfig = TileConfig(), *, stop: threading.Event | None = None,
                  idle_timeout: float | None = 2.0, poll_interval: float = 0.2) -> None:
         super().__init__(stop)
