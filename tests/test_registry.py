@@ -282,3 +282,39 @@ def test_gate_failed_evaluation_never_promotes() -> None:
     assert not gate({}, {"image_auroc": 0.5}, target_false_alarm_rate=0.01).promote
     assert not gate({"image_auroc": float("nan"), "false_alarm_rate": 0.0, "n_good": 5}, None, target_false_alarm_rate=0.01).promote
     assert not gate({"image_auroc": 0.9}, None, target_false_alarm_rate=0.01).promote  # no false-alarm measurement
+
+
+# ---------------------------------------------------------------------------- the `loupe registry` commands
+
+
+def test_registry_cli(bundles: list[Path], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    home = _home(tmp_path)
+    reg = Registry(home)
+    reg.register("p", bundles[0], metrics={"image_auroc": 0.91, "false_alarm_rate": 0.0})
+    reg.register("p", bundles[1], metrics={"image_auroc": 0.93, "false_alarm_rate": 0.025})
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(app, [*args, "--home", str(home)])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    out = run("registry", "promote", "v0001", "--product", "p", "--actor", "ann", "--reason", "first")
+    assert "v0001" in out and "was none" in out
+    run("registry", "promote", "2", "--product", "p", "--actor", "bob")
+    listing = run("registry", "list")
+    assert "p (2 versions" in listing and "* v0002  champion" in listing and "v0001  retired" in listing and "0.9300" in listing
+    shown = json.loads(run("registry", "show", "v0001", "--product", "p"))
+    assert shown["status"] == "retired" and shown["model_version"] == read_bundle(bundles[0]).model_version
+    assert [e["event"] for e in shown["events"]] == ["register", "promote", "promote"]  # its own, and the one that retired it
+    out = run("registry", "rollback", "--product", "p", "--actor", "cy", "--reason", "line complaint")
+    assert "rolled back from v0002 to v0001" in out and Registry(home).current("p").version == "v0001"
+    assert reg.events("p")[-1] == {**reg.events("p")[-1], "event": "rollback", "actor": "cy", "reason": "line complaint"}
+
+    bad = CliRunner().invoke(app, ["registry", "promote", "v0009", "--product", "p", "--home", str(home)])
+    assert bad.exit_code == 2 and "Error: product 'p' has no version 'v0009'" in bad.output
+    bad = CliRunner().invoke(app, ["registry", "rollback", "--product", "p", "--home", str(home)])
+    assert bad.exit_code == 2 and "no previous champion" in bad.output

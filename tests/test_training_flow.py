@@ -213,6 +213,57 @@ def test_kill_during_export_or_registration(trained: tuple[Path, dict[str, Any]]
     assert all(read_bundle(e.path) for e in reg.entries(PRODUCT))
 
 
+# ---------------------------------------------------------------------------- the commands
+
+
+def test_loupe_train_command(trained: tuple[Path, dict[str, Any]], tiny_data: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    home = _copy_home(trained, tmp_path)
+    result = CliRunner().invoke(app, ["train", str(tiny_data / "split.json"), "--product", PRODUCT, "--config", "smoke", "--epochs", "1",
+                                      "--set", "scorer.seed=4", "--home", str(home), "--no-promote", "--actor", "cli", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "image AUROC" in result.output and f"registered {PRODUCT} v0002" in result.output and "champion: v0001" in result.output
+    assert "promotion is off" in result.output
+    bad = CliRunner().invoke(app, ["train", str(tiny_data / "split.json"), "--set", "nonsense", "--home", str(home)])
+    assert bad.exit_code == 2 and "dotted.key=value" in bad.output
+
+
+def test_loupe_schedule_serves_a_cron_deployment(tiny_data: Path, tmp_path: Path) -> None:
+    """`loupe schedule` registers the training flow with its cron schedule on the server and serves it."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value()), "PREFECT_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("loupe")), "schedule", str(tiny_data / "split.json"), "--cron", "0 2 * * *",
+                             "--product", "nightly", "--config", "smoke", "--home", str(tmp_path / "home")],
+                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        deployment = None
+        t0 = time.monotonic()
+        with get_client(sync_client=True) as client:
+            while deployment is None and time.monotonic() - t0 < 120:
+                assert proc.poll() is None, proc.stdout.read()
+                try:
+                    deployment = client.read_deployment_by_name("loupe-training/loupe-train-nightly")
+                except Exception:  # not registered yet (ObjectNotFound)
+                    time.sleep(0.5)
+        assert deployment is not None, "the deployment never appeared"
+        assert [s.schedule.cron for s in deployment.schedules] == ["0 2 * * *"]
+        params = deployment.parameters["params"]
+        assert params["product"] == "nightly" and params["config"] == "smoke" and params["data"] == [str((tiny_data / "split.json").resolve())]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+
+
 # ---------------------------------------------------------------------------- loupe server on PostgreSQL
 
 
