@@ -99,3 +99,48 @@ def test_missing_images_and_conflicts(images: list[Path], tmp_path: Path) -> Non
     with pytest.warns(UserWarning, match="repeated"):
         good, defects = feedback_samples(path)
     assert good == [] and len(defects) == 1
+
+
+# ---------------------------------------------------------------------------- feedback in a training run's data
+
+
+def test_combine_sources_with_feedback(tiny_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.data import load_samples
+    from pipeline.data.combine import combine_sources
+    from pipeline.data.fingerprint import fingerprint
+
+    extra = tmp_path / "extra"  # a plain folder of good images: training data only
+    extra.mkdir()
+    shutil.copy(sorted((tiny_data / "train" / "good").glob("*.png"))[0], extra / "x.png")
+    reviewed = tmp_path / "reviewed"
+    reviewed.mkdir()
+    shutil.copy(sorted((tiny_data / "test" / "good").glob("*.png"))[0], reviewed / "fa.png")
+    shutil.copy(sorted((tiny_data / "test" / "crack").glob("*.png"))[0], reviewed / "d.png")
+    fb = write_feedback(tmp_path / "fb.json", [FeedbackItem(image="reviewed/fa.png", verdict="false_alarm", record_id="r1", reviewer="ann"),
+                                               FeedbackItem(image="reviewed/d.png", verdict="defect", defect_class="crack", reviewer="bo")])
+    combined = combine_sources([tiny_data, extra], tmp_path / "work", feedback=[fb])
+    assert (combined.n_train, combined.n_test_good, combined.n_test_defect) == (24 + 1 + 1, 6, 12 + 1) and combined.labelled
+    train = load_samples(combined.manifest, "train")
+    test = load_samples(combined.manifest, "test")
+    assert (reviewed / "fa.png").resolve() in {s.image for s in train}
+    assert [s.defect_class for s in test if s.image == (reviewed / "d.png").resolve()] == ["crack"]
+    assert fingerprint(train) == combined.train_fingerprint  # what pretrain_step/fit_step will compute
+    prov = json.loads(combined.provenance.read_text())
+    assert prov["feedback"][0]["record_id"] == "r1"
+    rows = {r["image"]: r["from"] for r in prov["rows"]}
+    assert rows[str((reviewed / "d.png").resolve())] == f"feedback:{fb.resolve()}" and rows[str(extra / "x.png")] == str(extra.resolve())
+    # Deterministic: the same inputs give the same manifest file.
+    assert combine_sources([tiny_data, extra], tmp_path / "work", feedback=[fb]).manifest == combined.manifest
+
+
+def test_combine_sources_refuses_train_test_leak(tiny_data: Path, tmp_path: Path) -> None:
+    from pipeline.data.combine import combine_sources
+
+    leak = write_feedback(tmp_path / "fb.json", [FeedbackItem(image=str(sorted((tiny_data / "test" / "good").glob("*.png"))[0]),
+                                                              verdict="false_alarm", reviewer="x")])
+    with pytest.raises(DataError, match="both training and test data"):
+        combine_sources([tiny_data], tmp_path / "work", feedback=[leak])
+    with pytest.raises(DataError, match="does not exist"):
+        combine_sources([tmp_path / "nope"], tmp_path / "work")
