@@ -321,10 +321,13 @@ def champion_metrics_task(champion_bundle: str, manifest: str, out: str) -> dict
 
 @task(name="gate", **_IO)
 def gate_task(home: str, product: str, version: str, challenger: dict[str, Any], champion: dict[str, Any] | None,
-              has_champion: bool, target_far: float, max_auroc_drop: float, alpha: float | None, promote: bool,
+              champion_version: str | None, target_far: float, max_auroc_drop: float, alpha: float | None, promote: bool,
               actor: str | None) -> dict[str, Any]:
+    """Decide against `champion_version` (None: no champion), record the decision, promote if it passes and the champion is unchanged."""
     from inference.gate import GateConfig, gate
-    from inference.registry import Registry
+    from inference.registry import ChampionChanged, Registry
+
+    has_champion = champion_version is not None and champion_version != version
 
     reg = Registry(home)
     decision = gate(challenger, champion if has_champion else None, target_false_alarm_rate=target_far,
@@ -336,8 +339,12 @@ def gate_task(home: str, product: str, version: str, challenger: dict[str, Any],
     if entry.status == "champion":
         decision["reasons"].append("already the champion")
     elif decision["promote"] and promote:
-        reg.promote(product, version, actor=actor, reason="gate passed", metrics={"challenger": challenger, "checks": decision["checks"]})
-        promoted = True
+        try:
+            reg.promote(product, version, actor=actor, reason="gate passed", metrics={"challenger": challenger, "checks": decision["checks"]},
+                        expected_current=champion_version)
+            promoted = True
+        except ChampionChanged as err:  # a concurrent run promoted first: this decision was against the old champion
+            decision["reasons"].append(str(err))
     elif decision["promote"]:
         decision["reasons"].append("gate passed but promotion is off (promote=False)")
     return {**decision, "promoted": promoted, "version": version}
@@ -440,7 +447,7 @@ def training_flow(params: TrainingParams) -> dict[str, Any]:
         target = config["scorer"]["target_false_alarm_rate"]
         decision = gate_task(str(home), params.product, entry["version"], gate_metrics,
                              {"image_auroc": champ_metrics.get("image_auroc")} if champ_metrics else None,
-                             champion is not None and champion.version != entry["version"], target, params.max_auroc_drop,
+                             champion.version if champion else None, target, params.max_auroc_drop,
                              params.gate_alpha, params.promote, actor)
         current = reg.current(params.product)
         result = {

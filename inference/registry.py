@@ -79,6 +79,10 @@ class RegistryError(ValueError):
     """A registry operation that cannot be done: unknown product or version, nothing to roll back to, bad bundle."""
 
 
+class ChampionChanged(RegistryError):
+    """A promotion decided against one champion found another one in place (a concurrent run promoted first)."""
+
+
 def loupe_home() -> Path:
     """$LOUPE_HOME, default ~/.loupe."""
     return Path(os.environ.get("LOUPE_HOME") or "~/.loupe").expanduser()
@@ -343,12 +347,20 @@ class Registry:
             return self.entry(product, e.version)
 
     def promote(self, product: str, version: str, *, actor: str | None = None, reason: str | None = None,
-                metrics: dict[str, Any] | None = None) -> RegistryEntry:
-        """Make `version` the champion: verify its bundle, then switch `current` atomically; logged with actor and metrics."""
+                metrics: dict[str, Any] | None = None, expected_current: str | None | bool = False) -> RegistryEntry:
+        """Make `version` the champion: verify its bundle, then switch `current` atomically; logged with actor and metrics.
+
+        expected_current: the champion the decision was made against (a version, or None for "no
+        champion"); if another process changed the champion meanwhile, a ChampionChanged error is
+        raised and nothing is switched (compare-and-swap). False (default): no check.
+        """
         actor = actor or default_actor()
         with self.locked(product):
             e = self.entry(product, version)
             state = self._state(product)
+            if expected_current is not False and state.get("version") != expected_current:
+                raise ChampionChanged(f"the champion of {product!r} changed from {expected_current} to {state.get('version')} "
+                                      f"while {e.version} was evaluated; not promoting it (train again to compare with the new champion)")
             if state.get("version") == e.version:
                 raise RegistryError(f"{product} {e.version} is already the champion")
             try:

@@ -318,3 +318,16 @@ def test_registry_cli(bundles: list[Path], tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "Error: product 'p' has no version 'v0009'" in bad.output
     bad = CliRunner().invoke(app, ["registry", "rollback", "--product", "p", "--home", str(home)])
     assert bad.exit_code == 2 and "no previous champion" in bad.output
+
+
+def test_promotion_is_compare_and_swap(bundles: list[Path], tmp_path: Path) -> None:
+    """A promotion decided against one champion is refused when a concurrent run changed the champion meanwhile."""
+    from inference.registry import ChampionChanged
+
+    reg = Registry(_home(tmp_path))
+    a, b = reg.register("p", bundles[0]), reg.register("p", bundles[1])
+    reg.promote("p", a.version, expected_current=None)  # no champion yet, as expected
+    with pytest.raises(ChampionChanged, match="changed from None to v0001"):
+        reg.promote("p", b.version, expected_current=None)
+    assert reg.current("p").version == "v0001"
+    assert reg.promote("p", b.version, expected_current="v0001").status == "champion"
