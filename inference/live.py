@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -111,8 +111,9 @@ def _percentile_ms(values: Any, q: float) -> Optional[float]:
 class LiveInspector:
     """One station's loop over one source with one model (hot-reloadable)."""
 
-    def __init__(self, source: Source, model: str | ModelSlot, store: Optional[ResultsStore], cfg: LiveConfig = LiveConfig(),
+    def __init__(self, source: Source, model: str | ModelSlot, store: Optional[ResultsStore], cfg: Optional[LiveConfig] = None,
                  *, metrics: Optional[StationMetrics] = None, status: Optional[Callable[[dict[str, Any]], None]] = None) -> None:
+        cfg = cfg or LiveConfig()
         self.source, self.store, self.cfg, self.status_cb = source, store, cfg, status
         self.model = model if isinstance(model, ModelSlot) else ModelSlot(model, runtime=cfg.runtime, interval=cfg.reload_interval)
         self.metrics = metrics or StationMetrics(cfg.station)

@@ -38,6 +38,7 @@ from inference.runtime import BundleInspector
 from inference.sources import ArraySource, TileConfig, open_source
 from inference.sources.folder import read_frame_file
 from inference.store import ResultsStore
+from test_store import PG_HOST, PG_PORT, TcpProxy, pg_database, pg_url  # noqa: F401 - PostgreSQL fixture and TCP proxy
 
 OUTAGE_S = float(os.environ.get("LOUPE_TEST_OUTAGE_S", "2"))  # database outage length (the 30 s: LOUPE_TEST_OUTAGE_S=30)
 RUNTIME = "ort-cpu"
@@ -230,7 +231,7 @@ def test_linescan_defects_reported_once(tmp_path: Path, bundle: Path, inspector:
         assert (r.strip_y0, r.strip_y1) == (0, 64) and r.width == r.strip_x1 - r.strip_x0 and r.height == 64
         crop = cv2.imread(str(store.image_path(r.image_path)), cv2.IMREAD_UNCHANGED)
         assert np.array_equal(crop, strip[:, r.strip_x0 : r.strip_x1])  # the stored image is that piece of the strip
-    for (a0, a1), (b0, b1) in zip(boxes, boxes[1:]):
+    for (_, a1), (b0, _) in zip(boxes, boxes[1:]):
         assert a1 <= b0 + 16  # detections do not overlap beyond one tile overlap: each defect once
     store.close()
 
@@ -433,8 +434,6 @@ def test_cli_inspect_summary(tmp_path: Path, bundle: Path, test_images: list[Pat
     bad = CliRunner().invoke(app, ["inspect", "--source", str(video), "--model", str(bundle), "--station", "x", "--policy", "some"])
     assert bad.exit_code == 2 and "--policy" in bad.output
 
-
-from test_store import PG_HOST, PG_PORT, TcpProxy, pg_database, pg_url  # noqa: E402,F401 - the PostgreSQL fixture and proxy
 
 
 def test_demo_live(tmp_path: Path, bundle: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from inference.live_prepare import prepare_frame
 from inference.live_strip import FrameReporter, StripMerger
 from inference.runtime import FrameError
-from inference.sources import FolderSource, LineScanSource, LineTiler, SourceError, TileConfig, VideoSource, open_source
+from inference.sources import FolderSource, LineTiler, SourceError, TileConfig, VideoSource, open_source
 from inference.sources.base import Frame
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect, select
 
-from inference.store import ImagePathError, Record, ResultsStore, Run
+from inference.store import ImagePathError, Record, ResultsStore
 from inference.store.migrate import MIGRATIONS, current_revision, downgrade, head_revision, upgrade
 
 PG_HOST, PG_PORT = "127.0.0.1", 5432
