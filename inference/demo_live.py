@@ -1,11 +1,13 @@
 """The live-inspection part of `make demo`: a synthetic line-scan strip and a short video of parts, inspected.
 
     from inference.demo_live import run_demo_live
-    info = run_demo_live("runs/demo/bundle", Path("runs/demo/live"))   # or "registry:PRODUCT"
+    info = run_demo_live("runs/demo/bundle", Path("runs/demo/live"))   # or "registry:PRODUCT" (with home=)
+    # in `loupe demo` (flows/demo.py DemoContext ctx):
+    #   run_demo_live(f"registry:{ctx.product}", ctx.out / "live", db_url=ctx.db_url, home=ctx.home)
     info["db_url"], info["image_root"], info["records"], info["flagged"][0]["overlay"]
 
 What it does (all deterministic under `seed`):
-1. writes `OUT/strip.png`, a line-scan strip (`pipeline.data.synthetic.make_strip`, the
+1. writes `OUT/strip.png` (unless `strip_png` is given), a line-scan strip (`pipeline.data.synthetic.make_strip`, the
    bundle's input size high, `strip_width` long, `strip_defects` defects) and inspects
    it as `linescan:OUT/strip.png` (square tiles, a quarter overlap; a defect across a
    tile border is one record);
@@ -33,8 +35,14 @@ log = logging.getLogger("loupe.demo")
 
 def run_demo_live(bundle_or_registry: str, out_dir: Path, station: str = "demo", db_url: Optional[str] = None, *,
                   texture: str = "brushed_metal", strip_width: int = 4096, strip_defects: int = 4, parts: int = 24,
-                  seed: int = 0, runtime: Optional[str] = None) -> dict[str, Any]:
-    """Inspect a synthetic strip and a video of synthetic parts into the results store; where the records are."""
+                  seed: int = 0, runtime: Optional[str] = None, home: Optional[Path] = None,
+                  image_root: Optional[Path] = None, strip_png: Optional[Path] = None) -> dict[str, Any]:
+    """Inspect a synthetic strip and a video of synthetic parts into the results store; where the records are.
+
+    home: the Loupe home whose registry `registry:PRODUCT` refers to (default $LOUPE_HOME).
+    image_root: the store's image folder (default: next to a SQLite database).
+    strip_png: inspect this strip image instead of generating one (e.g. the demo data's strip.png).
+    """
     from inference.live import LiveConfig, LiveInspector
     from inference.live_model import ModelSlot
     from inference.sources import TileConfig, open_source
@@ -44,13 +52,14 @@ def run_demo_live(bundle_or_registry: str, out_dir: Path, station: str = "demo",
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    slot = ModelSlot(bundle_or_registry, runtime=runtime)
+    slot = ModelSlot(bundle_or_registry, runtime=runtime, home=home)
     size = slot.inspector.spec.size
     rng = np.random.default_rng(seed)
 
-    strip_png = out_dir / "strip.png"
-    strip, _ = make_strip(rng, texture, height=size, width=max(strip_width, 2 * size), n_defects=strip_defects)
-    write_image_atomic(strip_png, strip)
+    if strip_png is None:
+        strip_png = out_dir / "strip.png"
+        strip, _ = make_strip(rng, texture, height=size, width=max(strip_width, 2 * size), n_defects=strip_defects)
+        write_image_atomic(strip_png, strip)
 
     video = out_dir / "parts.avi"
     tmp = out_dir / ".parts.avi.tmp.avi"
@@ -66,11 +75,11 @@ def run_demo_live(bundle_or_registry: str, out_dir: Path, station: str = "demo",
     tmp.replace(video)  # atomic: a crash never leaves a half-written parts.avi
 
     url = db_url or f"sqlite:///{(out_dir / 'results' / 'results.db').resolve()}"
-    store = ResultsStore(url)
+    store = ResultsStore(url, image_root=image_root)
     try:
         cfg = LiveConfig(station=station, runtime=runtime)
         strip_summary = LiveInspector(open_source(f"linescan:{strip_png}", tiles=TileConfig()), slot, store, cfg).run()
-        slot2 = ModelSlot(bundle_or_registry, runtime=runtime)
+        slot2 = ModelSlot(bundle_or_registry, runtime=runtime, home=home)
         video_summary = LiveInspector(open_source(str(video)), slot2, store, cfg).run()
         flagged = []
         for run in (strip_summary, video_summary):

@@ -438,8 +438,12 @@ def test_cli_inspect_summary(tmp_path: Path, bundle: Path, test_images: list[Pat
 
 def test_demo_live(tmp_path: Path, bundle: Path) -> None:
     from inference.demo_live import run_demo_live
+    from inference.registry import Registry
 
-    info = run_demo_live(str(bundle), tmp_path / "demo", strip_width=512, strip_defects=2, parts=6, runtime=RUNTIME)
+    reg = Registry(tmp_path / "home")  # as `loupe demo` calls it: the champion of the demo's own Loupe home
+    reg.promote("demo", reg.register("demo", bundle).version)
+    info = run_demo_live("registry:demo", tmp_path / "demo", strip_width=512, strip_defects=2, parts=6, runtime=RUNTIME,
+                         home=tmp_path / "home")
     assert info["strip"]["frames"] == 5 and info["video"]["frames"] == 6  # 128-px tiles, stride 96, over 512 px
     assert info["records"] == info["strip"]["flagged"] + info["video"]["flagged"] == len(info["flagged"])
     assert info["db_url"] == f"sqlite:///{(tmp_path / 'demo' / 'results' / 'results.db').resolve()}"
