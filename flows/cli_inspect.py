@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 
 _SOURCE_HELP = ("A video file, a stream URL (rtsp://, http://), a camera index, folder:PATH (new image files), "
-                "linescan:PATH (a strip image or a folder of line blocks) or genicam:PRODUCER.cti[#DEVICE].")
+                "linescan:PATH (a strip image or a folder of line blocks) or genicam:PRODUCER.cti (optionally #DEVICE: index or id).")
 
 
 def _fmt_ms(v: Optional[float]) -> str:
