@@ -126,7 +126,8 @@ class LiveInspector:
         self.sink_q: queue.Queue[Any] = queue.Queue(maxsize=256)
         self.read = self.frames = self.flagged = self.flagged_frames = self.dropped = self.errors = 0
         self.latencies: deque[float] = deque(maxlen=100_000)
-        self.record_ids: list[str] = []
+        self.records_written = 0  # add_flagged calls done by the sink
+        self.last_record_id: Optional[str] = None
         self.run_id: Optional[str] = None
         self.started = self.ended = None
         self._t0 = self._t_end = 0.0
@@ -219,7 +220,8 @@ class LiveInspector:
                         self.run_id, record_id=record_id(self.cfg.station, d), frame=d.image, anomaly_map=d.anomaly_map, score=d.score, threshold=0.5,
                         is_defect=d.is_defect, model_version=d.model_version, station=self.cfg.station, source=d.source,
                         frame_index=d.frame_index, strip=d.strip, captured_at=d.captured_at)
-                    self.record_ids.append(rid)
+                    self.records_written += 1
+                    self.last_record_id = rid
                 else:
                     self.store.update_run(self.run_id, **payload)
                 self.metrics.spooled.set(self.store.pending)
@@ -433,7 +435,7 @@ class LiveInspector:
             "reloads": self.model.reloads, "runtime": self.model.inspector.runtime,
             "station": self.cfg.station, "source": self.source.spec, "policy": self.cfg.policy,
             "max_batch": self.cfg.max_batch, "max_wait_ms": self.cfg.max_wait_ms, "reopens": reopens,
-            "run_id": self.run_id, "records": len(self.record_ids),
+            "run_id": self.run_id, "records": self.records_written,
             "started_at": self.started.isoformat() if self.started else None,
             "ended_at": self.ended.isoformat() if self.ended else None, "drift": self.drift.state(),
         }
