@@ -38,6 +38,7 @@ from inference.runtime import BundleInspector
 from inference.sources import ArraySource, TileConfig, open_source
 from inference.sources.folder import read_frame_file
 from inference.store import ResultsStore
+from test_sources import http_stream  # noqa: F401 - an HTTP video stream that refuses twice, then ends after 10 frames
 from test_store import PG_HOST, PG_PORT, TcpProxy, pg_database, pg_url  # noqa: F401 - PostgreSQL fixture and TCP proxy
 
 OUTAGE_S = float(os.environ.get("LOUPE_TEST_OUTAGE_S", "2"))  # database outage length (the issue's 30 s: LOUPE_TEST_OUTAGE_S=30)
@@ -517,3 +518,11 @@ def test_health_reports_a_stalled_camera(tmp_path: Path, bundle: Path, test_imag
     holder["loop"] = loop
     assert loop.run()["frames"] == 3
     assert states == ["ok", "stalled", "ok"] and loop.health()["status"] == "stopped"
+
+
+def test_loop_rides_through_stream_reopens(tmp_path: Path, bundle: Path, http_stream: tuple[str, type]) -> None:
+    """A stream that fails to open twice and ends every 10 frames: the loop keeps inspecting across reopens."""
+    url, _ = http_stream
+    src = open_source(url, backoff_initial=0.05, backoff_max=0.5)
+    s = run_loop(src, str(bundle), store_for(tmp_path), max_frames=25, max_batch=4)
+    assert (s["read"], s["frames"], s["errors"]) == (25, 25, 0) and s["reopens"] >= 3
