@@ -34,7 +34,7 @@ class InspectionParams(BaseModel):
     station: str = Field("batch", description="Station id recorded in the results store.")
     report: Optional[str] = Field(None, description="Write a JSON report (every image's score) here.")
     store: bool = Field(True, description="Write flagged images to the results store.")
-    db: Optional[str] = Field(None, description="Results database URL (default: the store's default under LOUPE_HOME).")
+    db: Optional[str] = Field(None, description="Results database URL (default: sqlite under HOME/results, HOME being `home` or $LOUPE_HOME).")
     image_root: Optional[str] = Field(None, description="Folder for the store's images (default: the store's default).")
     runtime: Optional[str] = Field(None, description="Bundle runtime: torch, ort-cpu, ort-cuda, ort-trt, trt (default: best available).")
     chunk_size: int = Field(256, ge=1, description="Images per task (the unit of work on Dask workers).")
@@ -103,7 +103,10 @@ def batch_inspection_flow(params: InspectionParams) -> dict[str, Any]:
             ResultsStore = None  # noqa: N806
             logger.warning("inference.store is not available: writing a JSON report instead")
         if ResultsStore is not None:
-            store = ResultsStore(params.db, Path(params.image_root) if params.image_root else None)
+            db = params.db
+            if db is None and params.home:  # the store of that Loupe home (the store's own default follows $LOUPE_HOME)
+                db = f"sqlite:///{(Path(params.home).expanduser() / 'results' / 'results.db').resolve()}"
+            store = ResultsStore(db, Path(params.image_root) if params.image_root else None)
             try:
                 run_id = store.start_run(params.station, params.data, model_version)
                 for i, r in enumerate(results):

@@ -365,7 +365,7 @@ def _metrics_artifacts(product: str, metrics: dict[str, Any], run_dir: Path) -> 
         if path and Path(path).is_file():
             data = Path(path).read_bytes()
             lines += ["", f"## {label}", "", f"`{path}`", ""]
-            if len(data) < 2_000_000:  # embedded so the UI shows it without file access
+            if len(data) < 1_000_000:  # embedded so the UI shows it without file access (large grids: the path only)
                 lines.append(f"![{label}](data:image/png;base64,{base64.b64encode(data).decode()})")
     if metrics.get("note"):
         lines += ["", metrics["note"]]

@@ -177,7 +177,7 @@ def test_kill_during_pretraining_resumes(tiny_data: Path, tmp_path: Path) -> Non
     result = training_flow(params)
     assert result["pretrain"]["dir"] == str(state.parent)
     assert result["pretrain"]["resumed_from_epoch"] == done and result["pretrain"]["cached"] is False
-    assert len(result["pretrain"]["losses"]) == 3 and result["promoted"]
+    assert len(result["pretrain"]["losses"]) == 3 and result["version"] == "v0001"
 
 
 @pytest.mark.parametrize("where", ["export", "registration"])
