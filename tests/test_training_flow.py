@@ -213,6 +213,27 @@ def test_kill_during_export_or_registration(trained: tuple[Path, dict[str, Any]]
     assert all(read_bundle(e.path) for e in reg.entries(PRODUCT))
 
 
+def test_two_concurrent_runs_keep_the_registry_consistent(trained: tuple[Path, dict[str, Any]], tiny_data: Path, tmp_path: Path) -> None:
+    from inference.bundle import read_bundle
+    from inference.registry import STAGING_PREFIX, Registry
+
+    home = _copy_home(trained, tmp_path)
+    procs = [_spawn_flow(_params(tiny_data, home, overrides=[f"scorer.seed={10 + i}"], actor=f"run{i}"), {}) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    reg = Registry(home)
+    entries = reg.entries(PRODUCT)
+    assert [e.version for e in entries] == ["v0001", "v0002", "v0003"] and len({e.model_version for e in entries}) == 3
+    assert all(read_bundle(e.path) for e in entries) and list(reg.product_dir(PRODUCT).glob(STAGING_PREFIX + "*")) == []
+    assert all(e.gate is not None for e in entries)
+    events = reg.events(PRODUCT)
+    assert sum(e["event"] == "register" for e in events) == 3 and sum(e["event"] == "gate" for e in events) == 3
+    champion = reg.current(PRODUCT)
+    promoted = [e["version"] for e in events if e["event"] == "promote"]
+    assert champion.version == promoted[-1] and champion.status == "champion"
+    assert sum(e.status == "champion" for e in entries) == 1
+
+
 # ---------------------------------------------------------------------------- the commands
 
 
