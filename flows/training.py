@@ -416,6 +416,11 @@ def training_flow(params: TrainingParams) -> dict[str, Any]:
     try:
         data = prepare_data(params.data, params.feedback, str(work / "data"), config["encoder"]["in_channels"], params.skip_bad)
         manifest = data["manifest"]
+        from pipeline.data.feedback import feedback_product
+
+        for fb in params.feedback:
+            if feedback_product(fb) not in (None, params.product):
+                logger.warning(f"feedback manifest {fb} was written for product {feedback_product(fb)!r}, not {params.product!r}; using it anyway")
         logger.info(f"data: {data['n_train']} training images, {data['n_test_good']} good + {data['n_test_defect']} defective test images "
                     f"({manifest}, fingerprint {data['train_fingerprint'][:12]})")
         key = pretrain_key(data["train_fingerprint"], config, code_version(), params.nproc)

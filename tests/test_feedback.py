@@ -144,3 +144,10 @@ def test_combine_sources_refuses_train_test_leak(tiny_data: Path, tmp_path: Path
         combine_sources([tiny_data], tmp_path / "work", feedback=[leak])
     with pytest.raises(DataError, match="does not exist"):
         combine_sources([tmp_path / "nope"], tmp_path / "work")
+
+
+def test_feedback_product(tmp_path: Path) -> None:
+    from pipeline.data.feedback import feedback_product
+
+    assert feedback_product(write_feedback(tmp_path / "a.json", [], product="line-2")) == "line-2"
+    assert feedback_product(write_feedback(tmp_path / "b.json", [])) is None

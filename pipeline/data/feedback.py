@@ -199,6 +199,12 @@ def feedback_samples(path: str | Path) -> tuple[list[Sample], list[Sample]]:
     return good, defects
 
 
+def feedback_product(path: str | Path) -> str | None:
+    """The product a feedback manifest was written for (None: not recorded)."""
+    product = _read_doc(Path(path).expanduser().resolve()).get("product")
+    return product if isinstance(product, str) else None
+
+
 def feedback_provenance(path: str | Path) -> list[dict[str, Any]]:
     """Per reviewed image: its manifest, verdict, record id, station, model version, reviewer and time (for run records)."""
     path = Path(path).expanduser().resolve()
