@@ -871,7 +871,7 @@ def export_bundle(
             "bank_size": int(inspector.memory_bank.shape[0]),
             "knn_chunk": inspector.cfg.knn_chunk,
             "encoder": {"arch": inspector.encoder.cfg.arch, "in_channels": c, "taps": list(inspector.encoder.cfg.taps)},
-            "scorer": {k: getattr(inspector.cfg, k) for k in ("image_size", "agg_kernel", "feature_dim", "grid_tap", "blur_sigma", "score_reduce", "topk_fraction")},
+            "scorer": {k: getattr(inspector.cfg, k) for k in ("image_size", "agg_kernel", "agg_zero_pad", "feature_dim", "grid_tap", "blur_sigma", "score_reduce", "topk_fraction")},
             "files": {},
             "engines": {},
         }

@@ -177,13 +177,30 @@ def test_gaussian_blur_nonpositive_sigma_is_identity(sigma: float) -> None:
     assert torch.equal(GaussianBlur(sigma)(x), x)
 
 
+def _naive_box_mean(x: torch.Tensor, k: int, zero_pad: bool) -> torch.Tensor:
+    """k x k mean around every cell, looping over cells: over all k*k cells (zeros outside) or the valid ones."""
+    n, c, h, w = x.shape
+    out = torch.zeros_like(x)
+    r = k // 2
+    for i in range(h):
+        for j in range(w):
+            win = x[:, :, max(0, i - r): i + r + 1, max(0, j - r): j + r + 1]
+            count = k * k if zero_pad else win.shape[-1] * win.shape[-2]
+            out[:, :, i, j] = win.sum(dim=(2, 3)) / count
+    return out
+
+
 def test_patch_features_shape_and_grouping() -> None:
     g = torch.Generator().manual_seed(0)
     t1, t2 = torch.randn(2, 128, 16, 12, generator=g), torch.randn(2, 256, 8, 6, generator=g)
     full = PatchFeatures([128, 256], agg_kernel=3)
     out = full([t1, t2])
     assert full.dim == 384 and out.shape == (2, 384, 16, 12)
-    torch.testing.assert_close(out[:, :128], F.avg_pool2d(t1, 3, 1, 1, count_include_pad=False))
+    torch.testing.assert_close(out[:, :128], _naive_box_mean(t1, 3, zero_pad=False))
+    zero = PatchFeatures([128, 256], agg_kernel=3, agg_zero_pad=True)([t1, t2])
+    torch.testing.assert_close(zero[:, :128], _naive_box_mean(t1, 3, zero_pad=True))
+    # interior cells of a tap do not depend on the border rule
+    torch.testing.assert_close(zero[:, :128, 1:-1, 1:-1], out[:, :128, 1:-1, 1:-1])
     grouped = PatchFeatures([128, 256], agg_kernel=3, feature_dim=96)
     got = grouped([t1, t2])
     assert grouped.dim == 96 and got.shape == (2, 96, 16, 12)

@@ -10,6 +10,7 @@ SCORE_REDUCTIONS = ("max", "topk")
 class ScorerConfig:
     image_size: int = 256  # frames are resized to this square size inside the model
     agg_kernel: int = 3  # local neighbourhood averaging of patch features (PatchCore)
+    agg_zero_pad: bool = False  # True: border averages count the zero padding, as PatchCore does (see patch_features.py)
     feature_dim: int | None = None  # average groups of channels down to this many dims; None keeps all
     grid_tap: int = 0  # patches live on this tap's grid (0: the finest); finer taps are average-pooled onto it
     coreset_ratio: float = 0.01  # fraction of training patches kept in the memory bank

@@ -116,6 +116,8 @@ def load_inspector(path: str | Path) -> tuple[Inspector, dict[str, Any]]:
 
     ckpt = load_checkpoint(path)
     encoder = Encoder(from_dict(EncoderConfig, ckpt["encoder_config"], where=f"{path}:encoder_config"))
-    inspector = Inspector(encoder, from_dict(ScorerConfig, ckpt["scorer_config"], where=f"{path}:scorer_config"), ckpt["bank_size"])
+    scorer_cfg = dict(ckpt["scorer_config"])
+    scorer_cfg.setdefault("agg_zero_pad", False)  # files written before the option averaged valid cells only
+    inspector = Inspector(encoder, from_dict(ScorerConfig, scorer_cfg, where=f"{path}:scorer_config"), ckpt["bank_size"])
     inspector.load_state_dict(ckpt["state_dict"])
     return inspector.eval(), ckpt["meta"]

@@ -34,7 +34,7 @@ class Inspector(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
-        self.patches = PatchFeatures(encoder.tap_channels, cfg.agg_kernel, cfg.feature_dim, cfg.grid_tap)
+        self.patches = PatchFeatures(encoder.tap_channels, cfg.agg_kernel, cfg.feature_dim, cfg.grid_tap, cfg.agg_zero_pad)
         self.blur = GaussianBlur(cfg.blur_sigma)
         d = self.patches.dim
         self.register_buffer("memory_bank", torch.zeros(bank_size, d))  # [B, D]
