@@ -82,6 +82,10 @@ def _fmt(value: Any, percent: bool = False) -> str:
     return str(value)
 
 
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def _echo_metrics(metrics: dict[str, Any], out: Path | None = None, scores: Path | None = None) -> None:
     """Short human summary of an evaluate_step / bench_quality result."""
     rows = [
@@ -241,8 +245,12 @@ def demo(
     epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help=f"Pretraining epochs (default {DEMO_EPOCHS})."),
     config: str = typer.Option("default", "--config", "-c", help=_CONFIG_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
+    serve: Optional[bool] = typer.Option(None, "--serve/--no-serve", help="Serve the review app at the end until Ctrl-C "
+                                         "(default: when run from a terminal; otherwise print how to start it)."),
+    port: int = typer.Option(8000, "--port", help="Port of the review app."),
 ) -> None:
-    """Synthetic line-camera data -> training flow (pretrain, fit, evaluate, export, register, promote) -> batch inspection.
+    """Synthetic line-camera data -> training flow (pretrain, fit, evaluate, export, register, promote) -> batch
+    inspection -> live inspection of a line-scan strip and a video -> review app on the flagged parts.
 
     Rerunning reuses the generated data and a finished (or interrupted: resumed) pretraining
     with the same data, config and code version. Everything lands under --out: the registry
@@ -276,8 +284,27 @@ def demo(
                + ("promoted to champion" if r["promoted"] else "not promoted" + (f": {'; '.join(gate['reasons'])}" if gate["reasons"] else ""))
                + f"; champion {r['champion'] or 'none'} (loupe registry list --home {ctx.home})")
     echo_inspection(ctx.inspection)
-    # Further demo steps (live inspection, review) go below: they take `ctx` (flows.demo.DemoContext: the Loupe
-    # home with registry:demo, the results store URL and image root, the data and the results above).
+    with _cli_errors():
+        import sys
+
+        from inference.demo_live import run_demo_live
+        from inference.review.demo import prepare_demo_review
+
+        live = run_demo_live(f"registry:{ctx.product}", ctx.out / "live", db_url=ctx.db_url, home=ctx.home,
+                             image_root=ctx.image_root)
+        for name in ("strip", "video"):
+            sm = live[name]
+            typer.echo(f"live inspection ({name}: {live[name + '_png' if name == 'strip' else 'video_path']}): "
+                       f"{sm['frames']} frames, {sm['flagged']} flagged, {sm['errors']} errors, {_num(sm.get('fps'))} fps, "
+                       f"p50 {_num(sm.get('p50_ms'))} ms")
+        typer.echo(f"flagged records: {ctx.db_url} (images under {live['image_root']})")
+        review = prepare_demo_review(ctx.db_url, ctx.image_root, port=port)
+        typer.echo(review["text"])
+    if serve if serve is not None else sys.stdin.isatty() and sys.stdout.isatty():
+        from inference.review.serve import serve as serve_review
+
+        typer.echo("serving the review app; Ctrl-C stops it")
+        serve_review(ctx.db_url, ctx.image_root, port=port, log_level="warning")
 
 
 @bench_app.command("quality")

@@ -38,6 +38,8 @@ EPHEMERAL_STARTUP_TIMEOUT = 180
 def prefect_run_settings() -> Iterator[None]:
     """Settings for running flows from the command line: a patient ephemeral-server start-up."""
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", str(EPHEMERAL_STARTUP_TIMEOUT))  # before the first import
+    # Inspection lines are usually air-gapped: telemetry cannot leave and would only log errors (set it to opt in).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     import prefect.settings as ps
 
     current = ps.get_current_settings().server.ephemeral.startup_timeout_seconds
@@ -227,8 +229,9 @@ def register(app: typer.Typer) -> None:
             db = "PostgreSQL " + url.split("@")[-1] if url and url.startswith("postgresql") else (url or "SQLite (default, under PREFECT_HOME)")
             typer.echo(f"Prefect server on http://{host}:{port} (database: {db}); set PREFECT_API_URL=http://{host}:{port}/api for flows", err=True)
             cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", host, "--port", str(port)]
+            env = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", **os.environ}  # air-gapped lines: no telemetry unless asked
             try:
-                rc = subprocess.call(cmd)
+                rc = subprocess.call(cmd, env=env)
             except KeyboardInterrupt:
                 rc = 0
         raise typer.Exit(rc)
