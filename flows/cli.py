@@ -290,11 +290,12 @@ def demo(
         from inference.demo_live import run_demo_live
         from inference.review.demo import prepare_demo_review
 
-        live = run_demo_live(f"registry:{ctx.product}", ctx.out / "live", db_url=ctx.db_url, home=ctx.home,
-                             image_root=ctx.image_root)
+        # the line runs the champion; with none (this model failed the gate) the new bundle is shown instead
+        model = f"registry:{ctx.product}" if r["champion"] else r["bundle"]
+        live = run_demo_live(model, ctx.out / "live", db_url=ctx.db_url, home=ctx.home, image_root=ctx.image_root)
         for name in ("strip", "video"):
             sm = live[name]
-            typer.echo(f"live inspection ({name}: {live[name + '_png' if name == 'strip' else 'video_path']}): "
+            typer.echo(f"live inspection with {model} ({name}: {live[name + '_png' if name == 'strip' else 'video_path']}): "
                        f"{sm['frames']} frames, {sm['flagged']} flagged, {sm['errors']} errors, {_num(sm.get('fps'))} fps, "
                        f"p50 {_num(sm.get('p50_ms'))} ms")
         typer.echo(f"flagged records: {ctx.db_url} (images under {live['image_root']})")
