@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -150,11 +149,9 @@ def retry_on_io(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def _pause(point: str) -> None:
-    if os.environ.get(PAUSE_ENV) == point:
-        marker = os.environ.get(PAUSE_ENV + "_MARKER")
-        if marker:
-            Path(marker).write_text(point)
-        time.sleep(float(os.environ.get(PAUSE_ENV + "_SECONDS", "3600")))
+    from inference.registry import pause_at
+
+    pause_at(point, PAUSE_ENV)
 
 
 def _artifact_key(*parts: str) -> str:

@@ -128,13 +128,21 @@ class RegistryEntry:
                 "actor": self.actor, "source": self.source, "gate": self.gate}
 
 
-def _pause(point: str) -> None:
-    """Sleep at `point` when LOUPE_REGISTRY_PAUSE_AT names it (reliability tests kill the process there)."""
-    if os.environ.get(PAUSE_ENV) == point:
-        marker = os.environ.get(PAUSE_ENV + "_MARKER")
+def pause_at(point: str, env: str = PAUSE_ENV) -> None:
+    """Sleep at `point` when the variable `env` names it (reliability tests kill the process there).
+
+    `{env}_MARKER` names a file that gets the point written when it is reached; `{env}_SECONDS`
+    is how long to sleep (default an hour: the test kills the process first).
+    """
+    if os.environ.get(env) == point:
+        marker = os.environ.get(env + "_MARKER")
         if marker:
             Path(marker).write_text(point)
-        time.sleep(float(os.environ.get(PAUSE_ENV + "_SECONDS", "3600")))
+        time.sleep(float(os.environ.get(env + "_SECONDS", "3600")))
+
+
+def _pause(point: str) -> None:
+    pause_at(point, PAUSE_ENV)
 
 
 class Registry:
