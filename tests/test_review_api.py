@@ -518,7 +518,9 @@ def test_every_flagged_item_of_an_every_frame_run_is_in_the_queue(tiny_data: Pat
         summary = loop.run()
         store.flush(force=True)
         assert summary["frames"] == len(frames) and summary["dropped"] == 0
-        assert loop.record_ids, "the tiny model flagged nothing; the test needs at least one flagged frame"
+        record_ids = [r.id for r in store.records(summary["run_id"])]
+        assert record_ids, "the tiny model flagged nothing; the test needs at least one flagged frame"
+        assert len(record_ids) == summary["flagged"]
         with store.session() as s:
             add_user(s, "alice", PASSWORDS["alice"], "admin")
         client = TestClient(create_app(store=store, secret_key="k"))
@@ -530,8 +532,8 @@ def test_every_flagged_item_of_an_every_frame_run_is_in_the_queue(tiny_data: Pat
             cursor = body["next_cursor"]
             if cursor is None:
                 break
-        assert sorted(listed) == sorted(loop.record_ids) and len(listed) == summary["flagged"]
-        assert client.get("/api/queue").json()["counts"]["all"] == len(loop.record_ids)
+        assert sorted(listed) == sorted(record_ids)
+        assert client.get("/api/queue").json()["counts"]["all"] == len(record_ids)
         assert client.get(f"/items/{listed[0]}").status_code == 200
     finally:
         store.close()
