@@ -1,0 +1,141 @@
+"""Which scorer details matter: one change at a time on cached ImageNet Lite0 taps (MTD split).
+
+    python benchmarks/scorer_variants.py base agg=1 pad=in pad=in:ratio=0.1 ...
+
+Encoder taps (stage2, stage3, stage4) of the 762 training and 582 test images are
+extracted once and cached (--cache); each VARIANT then builds patch features, a chunked
+greedy coreset of all training patches and the blurred nearest-neighbour map, and scores
+the test split. A variant is `key=value` pairs joined by `:` (`base` = no change):
+
+    deep=stage3|stage4   the stride-16 tap concatenated to stage2 (default stage4)
+    agg=K                K x K neighbourhood average (default 3; 1 = none)
+    pad=ex|in            border average over valid cells (ex) or counting zero padding (in, PatchCore)
+    ratio=R              coreset fraction (default 0.02)
+    reduce=max|topk      image score: map maximum or mean of the top 1% of pixels
+    border=B             image score ignores a B-pixel border
+
+Rows are appended to benchmarks/results/scorer-variants.json. The production path
+(`loupe bench quality`) is the reference; this script exists to find what moves it.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.encoder import Encoder, load_init_weights  # noqa: E402
+from pipeline.atomic import write_json_atomic  # noqa: E402
+from pipeline.config import load_config  # noqa: E402
+from pipeline.data.io import read_image  # noqa: E402
+from pipeline.data.tensors import load_masks, resize_image  # noqa: E402
+from pipeline.metrics import image_auroc, pixel_auroc  # noqa: E402
+from pipeline.scoring.coreset import greedy_coreset  # noqa: E402
+from pipeline.scoring.gaussian import GaussianBlur  # noqa: E402
+from pipeline.scoring.knn import nearest_distance  # noqa: E402
+from pipeline.steps import git_commit, read_samples, resolve_init_weights  # noqa: E402
+
+MTD = ROOT.parent / "shared/data/magnetic-tile-defects/split.json"
+OUT = ROOT / "benchmarks/results/scorer-variants.json"
+S = 256
+
+
+def load(samples: list, size: int = S) -> torch.Tensor:
+    """uint8 [N, 1, S, S], resized as training does (area filter when shrinking)."""
+    return torch.from_numpy(np.stack([resize_image(read_image(s.image, channels=1), size)[None] for s in samples]))
+
+
+@torch.no_grad()
+def taps(enc: Encoder, images: torch.Tensor) -> list[torch.Tensor]:
+    """-> [stage2 [N, 40, 32, 32], stage3 [N, 80, 16, 16], stage4 [N, 112, 16, 16]] as float16 (cache size)."""
+    outs: list[list[torch.Tensor]] = [[], [], []]
+    for i in range(0, len(images), 16):
+        for o, x in zip(outs, enc(images[i : i + 16].float() / 255)):
+            o.append(x.half())
+    return [torch.cat(o) for o in outs]
+
+
+def patches(tp: list[torch.Tensor], deep: str, agg: int, pad: str) -> torch.Tensor:
+    """Tap list -> patch features [N, D, 32, 32] (stage2 + the deep tap upsampled)."""
+    s2, d = tp[0].float(), tp[2 if deep == "stage4" else 1].float()
+    if agg > 1:
+        s2 = F.avg_pool2d(s2, agg, 1, agg // 2, count_include_pad=pad == "in")
+        d = F.avg_pool2d(d, agg, 1, agg // 2, count_include_pad=pad == "in")
+    d = F.interpolate(d, size=s2.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([s2, d], 1)
+
+
+@torch.no_grad()
+def evaluate(tr: list[torch.Tensor], te: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray, *, deep: str = "stage4",
+             agg: int = 3, pad: str = "ex", ratio: float = 0.02, reduce: str = "max", border: int = 0) -> dict:
+    ft = torch.cat([patches([x[i : i + 64] for x in tr], deep, agg, pad).permute(0, 2, 3, 1).flatten(0, 2) for i in range(0, len(tr[0]), 64)])
+    k = math.ceil(ratio * ft.shape[0])
+    sel = greedy_coreset(ft, k, generator=torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
+    bank = ft[sel].contiguous()
+    bsq = (bank * bank).sum(1)
+    del ft
+    blur, maps = GaussianBlur(4.0), []
+    for i in range(0, len(te[0]), 16):
+        f = patches([x[i : i + 16] for x in te], deep, agg, pad)
+        n, d, h, w = f.shape
+        dist = nearest_distance(f.permute(0, 2, 3, 1).reshape(-1, d), bank, bsq, 4096).reshape(n, 1, h, w)
+        maps.append(blur(F.interpolate(dist, size=(S, S), mode="bilinear", align_corners=False))[:, 0])
+    m = torch.cat(maps)
+    ms = (m[:, border:-border, border:-border] if border else m).flatten(1)
+    s = ms.max(1).values if reduce == "max" else ms.topk(max(1, ms.shape[1] // 100), dim=1).values.mean(1)
+    return {"image_auroc": round(image_auroc(labels, s.numpy()), 4), "pixel_auroc": round(pixel_auroc(masks, m.numpy()), 4), "bank": k}
+
+
+def parse(spec: str) -> dict:
+    if spec == "base":
+        return {}
+    kw = dict(item.split("=", 1) for item in spec.split(":"))
+    return {k: int(v) if k in ("agg", "border") else float(v) if k == "ratio" else v for k, v in kw.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("variants", nargs="+")
+    ap.add_argument("--manifest", type=Path, default=MTD)
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/loupe-lite0-taps.pt"), help="tap cache (about 500 MB)")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    train, _ = read_samples(args.manifest, "train", False, 1)
+    test, _ = read_samples(args.manifest, "test", False, 1)
+    labels, masks = np.array([s.label for s in test]), load_masks(test, S)
+    if args.cache.is_file():
+        tr, te = torch.load(args.cache, weights_only=True)
+    else:
+        cfg = load_config("imagenet-lite0")
+        cfg.encoder.taps = ("stage2", "stage3", "stage4")
+        enc = Encoder(cfg.encoder)
+        load_init_weights(enc, resolve_init_weights(cfg, None))
+        enc.eval()
+        tr, te = taps(enc, load(train)), taps(enc, load(test))
+        torch.save((tr, te), args.cache)
+    rows = []
+    if OUT.is_file():
+        import json
+
+        rows = json.loads(OUT.read_text())["rows"]
+    for spec in args.variants:
+        t0 = time.perf_counter()
+        r = {"variant": spec, **evaluate(tr, te, labels, masks, **parse(spec)), "seconds": round(time.perf_counter() - t0),
+             "commit": git_commit()}
+        print(r, flush=True)
+        rows.append(r)
+        write_json_atomic(OUT, {"benchmark": "scorer variants on cached ImageNet Lite0 taps, MTD split (all 762 training images)",
+                                "coreset": "greedy k-center, 64-d projection, chunks of 20k", "blur_sigma": 4.0, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
