@@ -99,7 +99,9 @@ def pretrain_step(
     samples, fp = read_samples(data, "train", skip_bad, cfg.encoder.in_channels)
     write_text_atomic(cfg_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # only once the data is known good
     images = load_images(samples, cfg.scorer.image_size, cfg.encoder.in_channels, progress=progress)
-    encoder = Encoder(cfg.encoder)
+    with torch.random.fork_rng(devices=[]):  # the from-scratch initialisation belongs to the seeded run
+        torch.manual_seed(cfg.pretrain.seed)
+        encoder = Encoder(cfg.encoder)
     init = resolve_init_weights(cfg, None)
     if init is not None:
         load_init_weights(encoder, init)

@@ -292,3 +292,15 @@ def test_densecl_with_perturbation_hard_negatives(images: torch.Tensor, tmp_path
     loaded, ckpt = load_encoder(res.encoder_path)
     _assert_same(loaded.state_dict(), enc.state_dict())
     assert ckpt["pretrain"]["perturb"]["prob"] == 0.7
+
+
+def test_pretrain_step_is_deterministic_whatever_the_global_rng(tiny_data: Path, tmp_path: Path) -> None:
+    """The from-scratch initialisation is part of the seeded run: a new process (another global RNG state) gives the same encoder."""
+    from pipeline.steps import pretrain_step
+
+    states = []
+    for i in range(2):
+        torch.manual_seed(1000 + i)  # what a fresh process, or earlier work in this one, leaves behind
+        pretrain_step(tiny_data / "split.json", tmp_path / str(i), "smoke", epochs=1, progress=False)
+        states.append(load_encoder(tmp_path / str(i) / ENCODER_FILE)[0].state_dict())
+    _assert_same(states[0], states[1])
