@@ -26,6 +26,8 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from flows.format import fmt
+
 #: Pretraining epochs of `loupe demo` unless --epochs is given.
 DEMO_EPOCHS = 8
 #: The synthetic line-camera data of `loupe demo` (arguments of write_dataset).
@@ -74,12 +76,6 @@ def _cli_errors() -> Iterator[None]:
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def _fmt(value: Any, percent: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{100 * value:.1f}%" if percent else f"{value:.4f}"
-    return str(value)
 
 
 def _num(value: float | None) -> str:
@@ -89,12 +85,12 @@ def _num(value: float | None) -> str:
 def _echo_metrics(metrics: dict[str, Any], out: Path | None = None, scores: Path | None = None) -> None:
     """Short human summary of an evaluate_step / bench_quality result."""
     rows = [
-        ("image AUROC", _fmt(metrics.get("image_auroc"))),
-        ("pixel AUROC", _fmt(metrics.get("pixel_auroc"))),
-        ("AUPRO", _fmt(metrics.get("aupro"))),
-        ("F1-max", _fmt(metrics.get("f1_max"))),
-        ("false-alarm rate", _fmt(metrics.get("false_alarm_rate"), percent=True) + " at the fitted threshold"),
-        ("recall", _fmt(metrics.get("recall_at_threshold"), percent=True) + " at the fitted threshold"),
+        ("image AUROC", fmt(metrics.get("image_auroc"))),
+        ("pixel AUROC", fmt(metrics.get("pixel_auroc"))),
+        ("AUPRO", fmt(metrics.get("aupro"))),
+        ("F1-max", fmt(metrics.get("f1_max"))),
+        ("false-alarm rate", fmt(metrics.get("false_alarm_rate"), percent=True) + " at the fitted threshold"),
+        ("recall", fmt(metrics.get("recall_at_threshold"), percent=True) + " at the fitted threshold"),
     ]
     if "n_images" in metrics:
         rows.append(("test images", f"{metrics['n_images']} ({metrics.get('n_good')} good, {metrics.get('n_defect')} defective)"))
@@ -106,7 +102,7 @@ def _echo_metrics(metrics: dict[str, Any], out: Path | None = None, scores: Path
         typer.echo("  per-class image AUROC (vs good):")
         cw = max(len(str(c)) for c in per_class)
         for cls, auroc in per_class.items():
-            typer.echo(f"    {cls:<{cw}}  {_fmt(auroc)}")
+            typer.echo(f"    {cls:<{cw}}  {fmt(auroc)}")
     for label, path in (("metrics", out), ("ROC curve", metrics.get("roc_png")), ("heatmaps", metrics.get("heatmaps_png")), ("scores", scores)):
         if path is not None:
             typer.echo(f"  {label + ':':<11}{path}")

@@ -20,6 +20,8 @@ from typing import Any, Iterator, Optional
 
 import typer
 
+from flows.format import fmt
+
 _DASK_HELP = ("Run shard tasks (evaluation, batch inspection) on Dask: a scheduler address (tcp://host:8786) "
               "or 'local' for a local cluster.")
 
@@ -58,11 +60,7 @@ def dask_runner(address: str, workers: int | None = None) -> Any:
 
 
 def _fmt(v: Any, pct: bool = False) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{100 * v:.1f}%" if pct else f"{v:.4f}"
-    return str(v)
+    return fmt(v, pct, missing="-")
 
 
 def echo_training(result: dict[str, Any]) -> None:

@@ -128,6 +128,17 @@ def run_loop(source: Any, model: Any, store: ResultsStore | None, **cfg: Any) ->
     return LiveInspector(source, model, store, LiveConfig(**cfg)).run()
 
 
+
+def _count_records(db: Path) -> int:
+    """Rows in the store's `records` table, read-only; 0 while the database does not exist yet."""
+    if not db.is_file():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+            return c.execute("SELECT count(*) FROM records").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
 def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while not cond():
@@ -313,17 +324,8 @@ def test_kill9_leaves_store_consistent_and_restart_continues(tmp_path: Path, bun
            "--max-batch", "2", "--runtime", RUNTIME, "--quiet"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
-    def records() -> int:
-        if not db.is_file():
-            return 0
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
-                return c.execute("SELECT count(*) FROM records").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
-
     try:
-        wait_for(lambda: records() >= 5 or proc.poll() is not None, timeout=60)
+        wait_for(lambda: _count_records(db) >= 5 or proc.poll() is not None, timeout=60)
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
         proc.send_signal(signal.SIGKILL)  # mid-run: writes in flight
         proc.wait(timeout=10)
@@ -467,22 +469,15 @@ def test_folder_restart_continues_exactly_once(tmp_path: Path, bundle: Path, ins
            "--db", f"sqlite:///{db}", "--max-batch", "2", "--runtime", RUNTIME, "--quiet", "--idle-exit", "1.5"]
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
-    def records() -> int:
-        try:
-            with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
-                return c.execute("SELECT count(*) FROM records").fetchone()[0]
-        except sqlite3.OperationalError:
-            return 0
-
     try:
-        wait_for(lambda: records() >= 5 or proc.poll() is not None, timeout=60)
+        wait_for(lambda: _count_records(db) >= 5 or proc.poll() is not None, timeout=60)
         assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    first = records()
+    first = _count_records(db)
     summary = tmp_path / "s.json"
     done = subprocess.run(cmd + ["--summary", str(summary)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
