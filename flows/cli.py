@@ -29,7 +29,7 @@ import typer
 from flows.format import fmt
 
 #: Pretraining epochs of `loupe demo` unless --epochs is given.
-DEMO_EPOCHS = 8
+DEMO_EPOCHS = 96
 #: The synthetic line-camera data of `loupe demo` (arguments of write_dataset).
 DEMO_DATA: dict[str, Any] = dict(texture="brushed_metal", n_train=200, n_test_good=40, n_test_defect=60, size=256, seed=0)
 #: Exit code for bad input (the same as click's usage errors).

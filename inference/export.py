@@ -11,7 +11,7 @@ threshold decision inside. What is written (see `inference.bundle` for the layou
     output `score`        float32 [N]        normalized so the threshold sits at 0.5
     output `anomaly_map`  float32 [N, S, S]  same normalization
     output `is_defect`    bool [N]           raw score >= calibrated threshold
-  The memory bank is split into `knn_chunk` row blocks, each one MatMul + ReduceMin, so
+  The memory bank is split into `knn_chunk` row blocks, each one MatMul, Add and ReduceMin, so
   a run's working memory is [N*h*w, chunk] floats whatever the bank size.
 * `model.fp16.onnx` (`--precision fp16`, and always for `--format tensorrt|all`): the same
   graph with pre-processing, encoder, patch features and the search's cross term
@@ -338,7 +338,7 @@ class GraphLayout:
     """Where the parts of the exported inspector are in its ONNX graph.
 
     encoder_nodes: names of the nodes that compute the search queries (pre-processing,
-        encoder, patch features, the query reshape and the `2 *` scaling);
+        encoder, patch features, the query reshape and the `-2 *` scaling);
     encoder_convs: the Conv nodes among them (what INT8 quantizes);
     knn_matmuls: the MatMul of each bank chunk (queries [M, D] @ bank chunk^T [D, chunk]);
     queries: the tensor feeding the first knn MatMul ([M, D], M = N * h * w);
@@ -595,7 +595,7 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     layout = graph_layout(model)
     inits = {t.name: t for t in g.initializer}
     prod = _producers(g)
-    # the patch features q: the knn MatMuls take 2 * q (or q itself)
+    # the patch features q: the knn MatMuls take -2 * q (or q itself)
     q_name = layout.queries
     mul = prod.get(q_name)
     if mul is not None and mul.op_type == "Mul":

@@ -173,6 +173,9 @@ def split_ort(bundle: Bundle, min_iters: int, seconds: float) -> dict[str, float
     x = {bundle.spec.name: np.random.default_rng(0).integers(0, 256, (1, s, s, c), dtype=np.uint8)}
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    # The three sessions are timed in alternation; a session's idle pool threads would otherwise
+    # spin on the cores the next one needs (on 2 cores this doubled every sub-graph's time).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     fns = []
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)  # the extractor needs value_info of the cut points
     for out in (layout.queries, layout.distance, None):

@@ -42,10 +42,21 @@ def test_ddp_matches_single_process(tiny_data: Path, tmp_path: Path, freeze_bn: 
     a = load_checkpoint(tmp_path / "ddp" / "encoder.pt")["state_dict"]
     b = load_checkpoint(tmp_path / "single" / "encoder.pt")["state_dict"]
     if freeze_bn:
-        # Exactly the same objective and gradients: differences are float rounding only.
+        # Exactly the same objective and gradients: differences are float rounding only. Adam divides by
+        # sqrt(v): where a gradient is near zero, rounding noise still moves a weight by up to ~lr per step
+        # (seen on AMD EPYC: 4e-4 on 1% of conv1, 1.1e-3 on 3 of 36,864 weights of layer1), so: losses
+        # tightly, 95% of the weights to 1e-4, and none further than a few learning-rate steps.
         np.testing.assert_allclose(ddp["losses"], single["losses"], rtol=1e-4)
+        far, total = 0, 0
         for k in a:
-            torch.testing.assert_close(a[k], b[k], rtol=1e-3, atol=1e-4, msg=k)
+            if not a[k].is_floating_point():
+                assert torch.equal(a[k], b[k]), k
+                continue
+            diff = (a[k] - b[k]).abs()
+            assert diff.max().item() <= 5 * cfg.pretrain.lr, (k, diff.max().item())
+            far += int((diff > 1e-4 + 1e-3 * b[k].abs()).sum())
+            total += diff.numel()
+        assert far <= 0.05 * total, (far, total)  # 1.3% measured on AMD EPYC
     else:
         # Training-mode BatchNorm normalises each rank's half batch on CPU (SyncBatchNorm needs CUDA): the first
         # epoch's loss is close; later epochs drift apart as the two trainings take different steps.

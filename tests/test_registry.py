@@ -30,17 +30,17 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> list[Path]:
     """Three real bundles of the tiny data set with different model versions (smoke config, no pretraining epochs)."""
-    import torch
 
     from inference.export import export_bundle
+    from pipeline.config import load_config
     from pipeline.steps import fit_step, pretrain_step
 
     root = tmp_path_factory.mktemp("bundles")
     out = []
     for i in range(3):
-        torch.manual_seed(100 + i)  # a different random encoder each: a different model version
+        # a different seeded random encoder each (pretrain_step seeds the initialisation): a different model version
         run = root / f"run{i}"
-        pretrain_step(tiny_data / "split.json", run, "smoke", epochs=0, progress=False)
+        pretrain_step(tiny_data / "split.json", run, load_config("smoke", {"pretrain.seed": 100 + i}), epochs=0, progress=False)
         fit_step(run, tiny_data / "split.json", progress=False)
         export_bundle(run, root / f"bundle{i}")
         out.append(root / f"bundle{i}")

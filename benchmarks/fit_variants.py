@@ -1,0 +1,83 @@
+"""Scorer variants on one pretrained encoder: fit and evaluate the same RUN_DIR's encoder with config overrides.
+
+    python benchmarks/fit_variants.py RUN_DIR DATA NAME:key=value,key=value [NAME:...] [--tag TAG]
+
+RUN_DIR is a `loupe pretrain` folder (config.yaml + encoder.pt); each variant copies them to
+RUN_DIR-NAME, overrides `scorer.<key>` (values parsed as YAML; an empty list keeps the
+config), then runs `loupe fit` and `loupe evaluate` on DATA. Results accumulate in
+benchmarks/results/fit-variants.json under "TAG/NAME" (TAG defaults to RUN_DIR's name), with
+the encoder's pretraining epochs, so pretraining length and scorer choices can be compared
+without re-pretraining. Example (the 150-epoch MTD comparison in the README):
+
+    loupe pretrain ../shared/data/magnetic-tile-defects/split.json --out runs/mtd150 --epochs 150
+    python benchmarks/fit_variants.py runs/mtd150 ../shared/data/magnetic-tile-defects/split.json shipped:
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.steps import evaluate_step, fit_step, git_commit, now  # noqa: E402
+
+OUT = ROOT / "benchmarks/results/fit-variants.json"
+
+
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """'name:key=val,key=val' -> (name, {key: yaml value})."""
+    name, sep, body = spec.partition(":")
+    if not name or not sep:
+        raise SystemExit(f"variant {spec!r}: expected NAME:key=value,... (or NAME: for the config as it is)")
+    overrides = {}
+    for item in filter(None, body.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"variant {spec!r}: {item!r} is not key=value")
+        overrides[key] = yaml.safe_load(value)
+    return name, overrides
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("data", type=Path)
+    ap.add_argument("variants", nargs="+")
+    ap.add_argument("--tag", default=None)
+    args = ap.parse_args()
+    tag = args.tag or args.run.name
+    cfg0 = yaml.safe_load((args.run / "config.yaml").read_text())
+    epochs = json.loads((args.run / "pretrain.json").read_text())["epochs"] if (args.run / "pretrain.json").is_file() else None
+    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    for name, overrides in map(parse_variant, args.variants):
+        unknown = set(overrides) - set(cfg0["scorer"])
+        if unknown:
+            raise SystemExit(f"unknown scorer keys {sorted(unknown)}; known: {sorted(cfg0['scorer'])}")
+        run = args.run.parent / f"{args.run.name}-{name}"
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(parents=True)
+        shutil.copy(args.run / "encoder.pt", run / "encoder.pt")
+        cfg = json.loads(json.dumps(cfg0))
+        cfg["scorer"].update(overrides)
+        write_text_atomic(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        fit = fit_step(run, args.data, progress=False)
+        m = evaluate_step(run, args.data, run / "metrics.json", progress=False)
+        results[f"{tag}/{name}"] = {
+            **{k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "per_class")},
+            "overrides": overrides, "scorer": cfg["scorer"], "pretrain_epochs": epochs, "bank_size": fit["bank_size"],
+            "fit_seconds": fit["seconds"], "data": str(args.data), "commit": git_commit(), "created": now(),
+        }
+        write_json_atomic(OUT, results)
+        print(f"{tag}/{name}: image {m['image_auroc']:.3f} pixel {m['pixel_auroc']:.3f} AUPRO {m['aupro']:.3f} "
+              f"bank {fit['bank_size']} fit {fit['seconds']:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
