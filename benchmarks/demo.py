@@ -42,11 +42,11 @@ def main() -> None:
         sys.exit(f"loupe demo failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     metrics = json.loads((work / "demo" / "metrics.json").read_text())
     pretrain = next(json.loads(p.read_text()) for p in (work / "demo").rglob("pretrain.json"))
-    from flows.cli import DEMO_DATA, DEMO_EPOCHS
+    from flows.cli import DEMO_DATA
 
     result = {
         **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "false_alarm_rate", "recall_at_threshold")},
-        "epochs": DEMO_EPOCHS if args.epochs is None else args.epochs, "pretrain_seconds": pretrain["seconds"],
+        "epochs": pretrain["epochs"], "pretrain_seconds": pretrain["seconds"],
         "images_per_second_pretrain": pretrain["images_per_second"], "wall_seconds": wall, "data": DEMO_DATA,
         "command": " ".join(["loupe"] + cmd[1:]), "commit": git_commit(), "created": now(),
         "stdout_tail": proc.stdout[-2000:],

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_json_atomic, write_text_atomic  # noqa: E402
+from pipeline.config import load_config, to_dict  # noqa: E402
 from pipeline.steps import evaluate_step, fit_step, git_commit, now  # noqa: E402
 
 OUT = ROOT / "benchmarks/results/fit-variants.json"
@@ -53,19 +54,15 @@ def main() -> None:
     ap.add_argument("--tag", default=None)
     args = ap.parse_args()
     tag = args.tag or args.run.name
-    cfg0 = yaml.safe_load((args.run / "config.yaml").read_text())
     epochs = json.loads((args.run / "pretrain.json").read_text())["epochs"] if (args.run / "pretrain.json").is_file() else None
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for name, overrides in map(parse_variant, args.variants):
-        unknown = set(overrides) - set(cfg0["scorer"])
-        if unknown:
-            raise SystemExit(f"unknown scorer keys {sorted(unknown)}; known: {sorted(cfg0['scorer'])}")
+        # the run's own config with scorer.<key> overrides (unknown keys are refused, as for any config)
+        cfg = to_dict(load_config(args.run / "config.yaml", {f"scorer.{k}": v for k, v in overrides.items()}))
         run = args.run.parent / f"{args.run.name}-{name}"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(parents=True)
         shutil.copy(args.run / "encoder.pt", run / "encoder.pt")
-        cfg = json.loads(json.dumps(cfg0))
-        cfg["scorer"].update(overrides)
         write_text_atomic(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
         fit = fit_step(run, args.data, progress=False)
         m = evaluate_step(run, args.data, run / "metrics.json", progress=False)

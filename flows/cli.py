@@ -76,8 +76,6 @@ def _cli_errors() -> Iterator[None]:
             raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-
-
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 

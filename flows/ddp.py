@@ -113,12 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch.distributed as dist
     import yaml
 
-    from models.encoder import Encoder, load_init_weights
     from pipeline.atomic import write_json_atomic, write_text_atomic
     from pipeline.config import load_config, to_dict
     from pipeline.contrastive.pretrain import pretrain
     from pipeline.data.tensors import load_images
-    from pipeline.steps import CONFIG_FILE as RUN_CONFIG, git_commit, load_run_config, now, read_samples, resolve_init_weights
+    from pipeline.steps import CONFIG_FILE as RUN_CONFIG, git_commit, initial_encoder, load_run_config, now, read_samples
 
     cuda = args.device.startswith("cuda")
     backend = "nccl" if cuda else "gloo"
@@ -137,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             write_text_atomic(run_dir / RUN_CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
         images = load_images(samples, cfg.scorer.image_size, cfg.encoder.in_channels)
-        torch.manual_seed(cfg.pretrain.seed)  # the same initial encoder on every rank (DDP also broadcasts rank 0's)
-        encoder = Encoder(cfg.encoder)
-        init = resolve_init_weights(cfg, None)
-        if init is not None:
-            load_init_weights(encoder, init)
+        encoder, init = initial_encoder(cfg)  # seeded: the same on every rank (DDP also broadcasts rank 0's)
 
         def on_epoch(epoch: int, loss: float) -> None:
             if rank == 0:

@@ -73,6 +73,17 @@ def load_run_config(run_dir: str | Path) -> LoupeConfig:
     return config_from_dict(yaml.safe_load(path.read_text()))
 
 
+def initial_encoder(cfg: LoupeConfig) -> tuple[Encoder, Path | None]:
+    """The run's starting encoder: seeded from-scratch initialisation, then the init weights if any -> (encoder, weights file)."""
+    with torch.random.fork_rng(devices=[]):  # the initialisation belongs to the seeded run, whatever the global RNG holds
+        torch.manual_seed(cfg.pretrain.seed)
+        encoder = Encoder(cfg.encoder)
+    init = resolve_init_weights(cfg, None)
+    if init is not None:
+        load_init_weights(encoder, init)
+    return encoder, init
+
+
 def pretrain_step(
     data: str | Path,
     run_dir: str | Path,
@@ -99,12 +110,7 @@ def pretrain_step(
     samples, fp = read_samples(data, "train", skip_bad, cfg.encoder.in_channels)
     write_text_atomic(cfg_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # only once the data is known good
     images = load_images(samples, cfg.scorer.image_size, cfg.encoder.in_channels, progress=progress)
-    with torch.random.fork_rng(devices=[]):  # the from-scratch initialisation belongs to the seeded run
-        torch.manual_seed(cfg.pretrain.seed)
-        encoder = Encoder(cfg.encoder)
-    init = resolve_init_weights(cfg, None)
-    if init is not None:
-        load_init_weights(encoder, init)
+    encoder, init = initial_encoder(cfg)
     result = pretrain(images, encoder, cfg.pretrain, run_dir, resume=resume, device=device, progress=progress,
                       meta={"data_fingerprint": fp, "init_weights": str(init) if init else None}, on_epoch=on_epoch)
     summary = {

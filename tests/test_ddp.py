@@ -23,7 +23,6 @@ def _cfg(freeze_bn: bool):
 def _single(data: Path, out: Path, cfg) -> dict:
     from pipeline.steps import pretrain_step
 
-    torch.manual_seed(cfg.pretrain.seed)  # the DDP entry point seeds the initial encoder the same way
     return pretrain_step(data, out, cfg, progress=False)
 
 

@@ -128,7 +128,6 @@ def run_loop(source: Any, model: Any, store: ResultsStore | None, **cfg: Any) ->
     return LiveInspector(source, model, store, LiveConfig(**cfg)).run()
 
 
-
 def _count_records(db: Path) -> int:
     """Rows in the store's `records` table, read-only; 0 while the database does not exist yet."""
     if not db.is_file():
@@ -138,6 +137,7 @@ def _count_records(db: Path) -> int:
             return c.execute("SELECT count(*) FROM records").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
 
 def wait_for(cond: Callable[[], bool], timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout

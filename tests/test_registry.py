@@ -30,7 +30,6 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory, single_thread: None) -> list[Path]:
     """Three real bundles of the tiny data set with different model versions (smoke config, no pretraining epochs)."""
-
     from inference.export import export_bundle
     from pipeline.config import load_config
     from pipeline.steps import fit_step, pretrain_step
