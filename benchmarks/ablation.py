@@ -1,10 +1,11 @@
 """Ablation on the Magnetic Tile Defects split: which part of the pretraining does the work.
 
-    python benchmarks/ablation.py [--only NAME ...]
+    python benchmarks/ablation.py [--only NAME ...] [--epochs N]
 
 Each row is a full pretrain -> fit -> evaluate from nothing (same scorer, same split).
 Results accumulate in benchmarks/results/ablation.json (one entry per row name),
-so rows can be run in separate sessions.
+so rows can be run in separate sessions. `--epochs N` runs the rows at an equal, shorter
+budget (entries named NAME@Nep) when the config's own length does not fit in a session.
 """
 from __future__ import annotations
 
@@ -40,19 +41,25 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--manifest", type=Path, default=MTD)
     ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--epochs", type=int, default=None, help="pretraining epochs for every trained row (entries NAME@Nep)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs/ablation")
     args = ap.parse_args()
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    for name, (base, overrides) in ROWS.items():
-        if args.only and name not in args.only:
-            continue
+    unknown = [n for n in args.only or [] if n not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; rows: {list(ROWS)}")
+    for name in args.only or list(ROWS):  # --only runs in the order given
+        base, overrides = ROWS[name]
         cfg = load_config(base, overrides)
+        if args.epochs is not None and cfg.pretrain.epochs > 0 and args.epochs != cfg.pretrain.epochs:
+            cfg.pretrain.epochs = args.epochs
+            name = f"{name}@{args.epochs}ep"
         run = args.work / name.replace("/", "_")
         pre = pretrain_step(args.manifest, run, cfg, progress=False)
         fit = fit_step(run, args.manifest, progress=False)
         met = evaluate_step(run, args.manifest, run / "metrics.json", progress=False)
         results[name] = {
-            **{k: met[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "false_alarm_rate", "recall_at_threshold")},
+            **{k: met[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "per_class_pixel", "false_alarm_rate", "recall_at_threshold")},
             "pretrain_seconds": pre["seconds"], "images_per_second_pretrain": pre["images_per_second"], "fit_seconds": fit["seconds"],
             "epochs": cfg.pretrain.epochs, "method": cfg.pretrain.method, "config": to_dict(cfg), "commit": git_commit(),
         }

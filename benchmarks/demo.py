@@ -45,7 +45,7 @@ def main() -> None:
     from flows.cli import DEMO_DATA
 
     result = {
-        **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "false_alarm_rate", "recall_at_threshold")},
+        **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "per_class_pixel", "false_alarm_rate", "recall_at_threshold")},
         "epochs": pretrain["epochs"], "pretrain_seconds": pretrain["seconds"],
         "images_per_second_pretrain": pretrain["images_per_second"], "wall_seconds": wall, "data": DEMO_DATA,
         "command": " ".join(["loupe"] + cmd[1:]), "commit": git_commit(), "created": now(),

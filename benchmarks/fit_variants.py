@@ -7,7 +7,9 @@ RUN_DIR-NAME, overrides `scorer.<key>` (values parsed as YAML; an empty list kee
 config), then runs `loupe fit` and `loupe evaluate` on DATA. Results accumulate in
 benchmarks/results/fit-variants.json under "TAG/NAME" (TAG defaults to RUN_DIR's name), with
 the encoder's pretraining epochs, so pretraining length and scorer choices can be compared
-without re-pretraining. Example (the 150-epoch MTD comparison in the README):
+without re-pretraining. `--latency` also exports each variant (fp32) and times it in ONNX Runtime on
+the CPU: batch-1 p50 and the encoder / search split (run it on a quiet machine), which makes a
+list of variants a sweep of bank size and dims against latency and AUROC. Example (the 150-epoch MTD comparison in the README):
 
     loupe pretrain ../shared/data/magnetic-tile-defects/split.json --out runs/mtd150 --epochs 150
     python benchmarks/fit_variants.py runs/mtd150 ../shared/data/magnetic-tile-defects/split.json shipped:
@@ -46,19 +48,37 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     return name, overrides
 
 
+def ort_latency(run: Path) -> dict[str, float]:
+    """Export the fitted variant (fp32) and time it in ONNX Runtime CPU: batch-1 p50 and the encoder / search split."""
+    from inference.export import export_bundle
+    from inference.latency import measure_latency
+
+    bundle = run / "bundle"
+    export_bundle(run, bundle)
+    lat = measure_latency(bundle, runtimes=["ort_cpu"], batch=8)
+    split = lat["split"]["ort_cpu"]
+    return {"ort_cpu_p50_ms": lat["runtimes"]["ort_cpu"]["p50_ms"], "ort_encoder_ms": split["encoder_ms"],
+            "ort_search_ms": split["search_ms"], "flops_search_and_post": lat["flops_search_and_post"],
+            "flops_encoder": lat["flops_encoder"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
     ap.add_argument("data", type=Path)
     ap.add_argument("variants", nargs="+")
     ap.add_argument("--tag", default=None)
+    ap.add_argument("--latency", action="store_true", help="export each variant and time it in ONNX Runtime CPU")
     args = ap.parse_args()
     tag = args.tag or args.run.name
     epochs = json.loads((args.run / "pretrain.json").read_text())["epochs"] if (args.run / "pretrain.json").is_file() else None
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for name, overrides in map(parse_variant, args.variants):
         # the run's own config with scorer.<key> overrides (unknown keys are refused, as for any config)
-        cfg = to_dict(load_config(args.run / "config.yaml", {f"scorer.{k}": v for k, v in overrides.items()}))
+        try:
+            cfg = to_dict(load_config(args.run / "config.yaml", {f"scorer.{k}": v for k, v in overrides.items()}))
+        except ValueError as exc:  # unknown key or bad value: the loader's message names it
+            raise SystemExit(f"variant {name!r}: {exc}") from None
         run = args.run.parent / f"{args.run.name}-{name}"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(parents=True)
@@ -67,13 +87,16 @@ def main() -> None:
         fit = fit_step(run, args.data, progress=False)
         m = evaluate_step(run, args.data, run / "metrics.json", progress=False)
         results[f"{tag}/{name}"] = {
-            **{k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "per_class")},
+            **{k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "per_class", "per_class_pixel")},
             "overrides": overrides, "scorer": cfg["scorer"], "pretrain_epochs": epochs, "bank_size": fit["bank_size"],
             "fit_seconds": fit["seconds"], "data": str(args.data), "commit": git_commit(), "created": now(),
+            **(ort_latency(run) if args.latency else {}),
         }
         write_json_atomic(OUT, results)
+        row = results[f"{tag}/{name}"]
+        timing = f" ort p50 {row['ort_cpu_p50_ms']:.1f} ms (encoder {row['ort_encoder_ms']:.1f}, search {row['ort_search_ms']:.1f})" if args.latency else ""
         print(f"{tag}/{name}: image {m['image_auroc']:.3f} pixel {m['pixel_auroc']:.3f} AUPRO {m['aupro']:.3f} "
-              f"bank {fit['bank_size']} fit {fit['seconds']:.0f}s", flush=True)
+              f"bank {fit['bank_size']} fit {fit['seconds']:.0f}s{timing}", flush=True)
 
 
 if __name__ == "__main__":

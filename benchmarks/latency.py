@@ -90,7 +90,10 @@ def main() -> None:
                           data=data, progress=say)
         result = measure_latency(bundle, runtimes=args.runtimes, batch=args.batch, seconds=args.seconds,
                                  min_iters=args.min_iters, progress=say)
+        int8 = json.loads((Path(bundle) / "bundle.json").read_text()).get("int8")
     result["source"] = source
+    if int8:  # the INT8 model's AUROC cost, measured at export on the run's test split
+        result["int8"] = int8
     write_json_atomic(args.out, result)
     print(json.dumps({k: result[k] for k in ("runtimes", "skipped", "split", "image_size", "bank_size", "flops_per_image", "commit")},
                      indent=2))

@@ -4,7 +4,8 @@
 
 Writes benchmarks/results/mtd.json (default config) and mtd-<config>.json for the others,
 plus extra runs given with --epochs (e.g. the untrained ImageNet scorer check:
-`--configs imagenet-lite0 --epochs 0 --tag epochs0`).
+`--configs imagenet-lite0 --epochs 0 --tag epochs0`). `--reuse-pretrain RUN` re-measures a scorer
+change on an earlier run's encoder (same config and data only; seeded, so the same encoder).
 """
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def main() -> None:
     ap.add_argument("--configs", nargs="+", default=["default", "imagenet-lite0", "smoke"])
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--tag", default="")
+    ap.add_argument("--reuse-pretrain", type=Path, default=None,
+                    help="a finished pretraining of the config (e.g. an earlier run's work_dir): re-measure the scorer only")
     args = ap.parse_args()
     for name in args.configs:
         stem = "mtd" if name == "default" and not args.tag else f"mtd-{name}" + (f"-{args.tag}" if args.tag else "")
         out = ROOT / "benchmarks/results" / f"{stem}.json"
-        r = bench_quality(args.manifest, out, name, epochs=args.epochs, progress=False)
+        r = bench_quality(args.manifest, out, name, epochs=args.epochs, reuse_pretrain=args.reuse_pretrain, progress=False)
         print(f"{name:>16}: image AUROC {r['image_auroc']:.3f}  pixel AUROC {r['pixel_auroc']:.3f}  AUPRO {r['aupro']:.3f}  "
               f"pretrain {r['pretrain_seconds']:.0f}s  fit {r['fit_seconds']:.0f}s -> {out.relative_to(ROOT)}")
 

@@ -96,11 +96,12 @@ def _echo_metrics(metrics: dict[str, Any], out: Path | None = None, scores: Path
     for name, value in rows:
         typer.echo(f"  {name:<{width}}  {value}")
     per_class = metrics.get("per_class") or {}
+    pixel = metrics.get("per_class_pixel") or {}
     if per_class:
-        typer.echo("  per-class image AUROC (vs good):")
+        typer.echo("  per-class image AUROC (vs good)" + (", pixel AUROC (its images and the good ones):" if pixel else ":"))
         cw = max(len(str(c)) for c in per_class)
         for cls, auroc in per_class.items():
-            typer.echo(f"    {cls:<{cw}}  {fmt(auroc)}")
+            typer.echo(f"    {cls:<{cw}}  {fmt(auroc)}" + (f"  {fmt(pixel.get(cls))}" if pixel else ""))
     for label, path in (("metrics", out), ("ROC curve", metrics.get("roc_png")), ("heatmaps", metrics.get("heatmaps_png")), ("scores", scores)):
         if path is not None:
             typer.echo(f"  {label + ':':<11}{path}")
@@ -309,13 +310,17 @@ def bench_quality(
     config: str = typer.Option("default", "--config", "-c", help=_CONFIG_HELP),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help="Override the config's pretraining epochs."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Run folder for the benchmark (default: a new temporary folder)."),
+    reuse_pretrain: Optional[Path] = typer.Option(
+        None, "--reuse-pretrain",
+        help="A finished pretraining of the same config on the same training images (e.g. an earlier benchmark's run): "
+        "fit and evaluate with it instead of pretraining again (seeded, so the same encoder); its cost is reported."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help=_QUIET_HELP),
 ) -> None:
     """Pretrain -> fit -> evaluate from nothing with one config; one JSON of quality and cost."""
     with _cli_errors():
         from pipeline.steps import bench_quality as run_bench
 
-        result = run_bench(manifest, out, config, epochs=epochs, work_dir=work_dir, progress=not quiet)
+        result = run_bench(manifest, out, config, epochs=epochs, work_dir=work_dir, reuse_pretrain=reuse_pretrain, progress=not quiet)
     typer.echo(f"bench quality: {result['config_name']} ({result['epochs']} epochs) on {manifest}, commit {result['commit']}")
     _echo_metrics(result)
     typer.echo(

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import shutil
 import subprocess
 import tempfile
 import time
@@ -26,7 +28,7 @@ import torch
 import yaml
 
 from models.encoder import Encoder, imagenet_lite0_weights, load_init_weights
-from pipeline.atomic import write_json_atomic, write_text_atomic
+from pipeline.atomic import atomic_open, write_json_atomic, write_text_atomic
 from pipeline.config import LoupeConfig, config_from_dict, load_config, to_dict
 from pipeline.contrastive.pretrain import ENCODER_FILE, load_encoder, pretrain
 from pipeline.data import DataError, Sample, check_readable, fingerprint, load_samples
@@ -249,6 +251,34 @@ def grid_items(labels: np.ndarray, scores: np.ndarray, classes: list[str], per_c
     return pick[:16]
 
 
+def reuse_pretraining(source: str | Path, run_dir: str | Path, cfg: LoupeConfig, data: str | Path) -> dict[str, Any]:
+    """Copy SOURCE's encoder into RUN_DIR as the pretraining of `cfg` on `data` -> SOURCE's pretrain summary.
+
+    Refused unless SOURCE was pretrained with the same init, encoder and pretrain settings on
+    the same training images (fingerprint): only then is it the run `cfg` would train.
+    """
+    source, run_dir = Path(source), Path(run_dir)
+    src_cfg = load_run_config(source)
+    summary_path = source / "pretrain.json"
+    if not (source / ENCODER_FILE).is_file() or not summary_path.is_file():
+        raise FileNotFoundError(f"{source} has no finished pretraining ({ENCODER_FILE} and pretrain.json); run `loupe pretrain` into it first")
+    mine, theirs = to_dict(cfg), to_dict(src_cfg)
+    differ = [k for k in ("init_weights", "encoder", "pretrain") if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise ValueError(f"{source} was pretrained with other {', '.join(differ)} settings than config {cfg.name!r}; "
+                         "reuse only a pretraining of the same config")
+    summary = json.loads(summary_path.read_text())
+    _, fp = read_samples(data, "train", False, cfg.encoder.in_channels)
+    if summary.get("data_fingerprint") != fp:
+        raise ValueError(f"{source} was pretrained on other training images than {data} (fingerprint differs)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_open(run_dir / ENCODER_FILE) as f, (source / ENCODER_FILE).open("rb") as src:
+        shutil.copyfileobj(src, f)
+    write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(mine, sort_keys=False))
+    write_json_atomic(run_dir / "pretrain.json", {**summary, "reused_from": str(source)})
+    return summary
+
+
 def bench_quality(
     manifest: str | Path,
     out: str | Path,
@@ -256,24 +286,36 @@ def bench_quality(
     *,
     epochs: int | None = None,
     work_dir: str | Path | None = None,
+    reuse_pretrain: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """pretrain -> fit -> evaluate from nothing with one config; one JSON of quality and cost."""
+    """pretrain -> fit -> evaluate from nothing with one config; one JSON of quality and cost.
+
+    `reuse_pretrain`: a finished pretraining of the same encoder and pretrain settings on the same
+    training data (seeded, so deterministic on CPU) stands in for the pretraining; its recorded
+    cost is reported. For re-measuring scorer changes without 27 minutes of identical training.
+    """
     out = Path(out)
     cfg = load_config(config)
+    if epochs is not None:
+        cfg.pretrain.epochs = epochs
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="loupe-bench-"))
     t0 = time.perf_counter()
-    pre = pretrain_step(manifest, work, cfg, epochs=epochs, progress=progress)
+    if reuse_pretrain is not None:
+        pre = reuse_pretraining(reuse_pretrain, work, cfg, manifest)
+    else:
+        pre = pretrain_step(manifest, work, cfg, progress=progress)
     fit = fit_step(work, manifest, progress=progress)
     metrics = evaluate_step(work, manifest, work / "metrics.json", progress=progress)
     result = {
-        **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "false_alarm_rate", "recall_at_threshold")},
+        **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "per_class_pixel", "false_alarm_rate", "recall_at_threshold")},
         "pretrain_seconds": pre["seconds"], "fit_seconds": fit["seconds"], "images_per_second_pretrain": pre["images_per_second"],
         "coreset_seconds": fit["coreset_seconds"], "bank_size": fit["bank_size"], "n_patches": fit["n_patches"],
         "eval_seconds": metrics["eval_seconds"], "total_seconds": time.perf_counter() - t0,
         "config": to_dict(cfg), "config_name": cfg.name, "epochs": cfg.pretrain.epochs, "manifest": str(manifest),
         "data_fingerprint": pre["data_fingerprint"], "n_test": metrics["n_images"], "commit": git_commit(), "created": now(),
         "torch_threads": torch.get_num_threads(), "work_dir": str(work),
+        **({"pretrain_reused_from": str(reuse_pretrain), "pretrain_commit": pre.get("commit")} if reuse_pretrain is not None else {}),
     }
     write_json_atomic(out, result)
     return result

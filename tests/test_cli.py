@@ -108,6 +108,19 @@ def test_bench_quality(tiny_data: Path, tmp_path: Path) -> None:
     assert (tmp_path / "work" / "inspector.pt").is_file()
     assert "image AUROC" in result.stdout and str(out) in result.stdout
 
+    # --reuse-pretrain: the same config's pretraining stands in -> the same figures, its cost reported
+    again = tmp_path / "again.json"
+    ok("bench", "quality", "--manifest", tiny_data / "split.json", "--out", again, "--config", "smoke",
+       "--epochs", 1, "--reuse-pretrain", tmp_path / "work", "--work-dir", tmp_path / "work2", "--quiet")
+    second = json.loads(again.read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "pretrain_seconds"):
+        assert second[key] == bench[key], key
+    assert second["pretrain_reused_from"] == str(tmp_path / "work")
+    # another pretraining length is another encoder: refused with a clear error
+    refused = loupe("bench", "quality", "--manifest", tiny_data / "split.json", "--out", tmp_path / "x.json", "--config", "smoke",
+                    "--epochs", 2, "--reuse-pretrain", tmp_path / "work", "--quiet")
+    assert refused.exit_code == 2 and "other pretrain settings" in refused.output, refused.output
+
 
 def test_demo_small(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo's wiring on shrunken data (the real demo data is too big for the test budget)."""

@@ -141,6 +141,27 @@ def test_fp16_and_int8_mostly_agree(bundle: Path, tiny_frames, torch_ref) -> Non
     print(f"int8 at export: {int8}")
 
 
+def test_whitened_projection_exports_with_parity(tiny_data: Path, tmp_path: Path, tiny_frames) -> None:  # noqa: ANN001
+    """The learnt projection (a 1x1 conv before the search) exports: fp32 parity, fp16 and the INT8 re-fit agree."""
+    from pipeline.config import load_config
+    from pipeline.steps import fit_step, pretrain_step
+
+    run = tmp_path / "run"
+    cfg = load_config("smoke", {"scorer.projection": "whiten", "scorer.feature_dim": 48})
+    pretrain_step(tiny_data / "split.json", run, cfg, epochs=0, progress=False)
+    fit_step(run, tiny_data / "split.json", progress=False)
+    b = tmp_path / "bundle"
+    export_bundle(run, b, precisions=("fp16", "int8"), data=tiny_data / "split.json", max_batch=8)
+    onnx.checker.check_model(str(b / "model.onnx"))
+    frames, _ = tiny_frames
+    ref = BundleInspector.load(b, runtime="torch").run(frames)
+    p = _parity(ref, BundleInspector.load(b, runtime="ort-cpu").run(frames))
+    assert p["agree"] == 1.0 and p["score_rel"] <= 1e-4 and p["map_abs"] <= 1e-3, p
+    for precision, min_agree in (("fp16", 0.9), ("int8", 0.7)):
+        q = _parity(ref, BundleInspector.load(b, runtime="ort-cpu", precision=precision).run(frames))
+        assert q["agree"] >= min_agree, (precision, q)
+
+
 def test_graph_layout_finds_encoder_and_search(bundle: Path) -> None:
     layout = graph_layout(onnx.load(str(bundle / "model.onnx")))
     assert layout.knn_matmuls and layout.encoder_convs and layout.distance

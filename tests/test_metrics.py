@@ -244,7 +244,7 @@ def test_evaluate_predictions_keys_and_json() -> None:
     maps = (rng.random(masks.shape) + masks).astype(np.float32)
     rep = M.evaluate_predictions(labels, scores, classes, masks, maps, threshold=1.0)
     assert set(rep) == {
-        "image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_threshold", "per_class",
+        "image_auroc", "pixel_auroc", "aupro", "f1_max", "f1_threshold", "per_class", "per_class_pixel",
         "false_alarm_rate", "recall_at_threshold", "threshold", "n_images", "n_good",
         "n_defect", "n_masked",
     }
@@ -256,12 +256,15 @@ def test_evaluate_predictions_keys_and_json() -> None:
         assert type(rep[k]) is float, k
     assert rep["pixel_auroc"] == pytest.approx(roc_auc_score(masks.ravel(), maps.ravel()))
     assert rep["aupro"] == pytest.approx(M.aupro(masks, maps))
+    # per class: that class's images plus the good ones (naive reference on the pixel subset)
+    for name, rows in {"scratch": [0, 1, 2, 3, 4, 5], "dent": [0, 1, 2, 3, 6, 7]}.items():
+        assert rep["per_class_pixel"][name] == pytest.approx(roc_auc_score(masks[rows].ravel(), maps[rows].ravel())), name
 
     # No masks / good-only: undefined metrics become None, still valid JSON.
     rep2 = M.evaluate_predictions(np.zeros(3, int), np.arange(3.0), ["good"] * 3, None, None, 1.5)
     assert tuple(rep2) == M.REPORT_KEYS
     assert rep2["image_auroc"] is None and rep2["pixel_auroc"] is None and rep2["aupro"] is None
-    assert rep2["recall_at_threshold"] is None and rep2["n_masked"] == 0
+    assert rep2["recall_at_threshold"] is None and rep2["n_masked"] == 0 and rep2["per_class_pixel"] is None
     json.dumps(rep2, allow_nan=False)
     rep3 = M.evaluate_predictions(labels, scores, classes, np.zeros_like(masks), maps, 1.0)
     assert rep3["pixel_auroc"] is None and rep3["n_masked"] == 0

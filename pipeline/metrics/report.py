@@ -21,6 +21,7 @@ REPORT_KEYS: tuple[str, ...] = (
     "f1_max",
     "f1_threshold",
     "per_class",
+    "per_class_pixel",
     "false_alarm_rate",
     "recall_at_threshold",
     "threshold",
@@ -29,6 +30,18 @@ REPORT_KEYS: tuple[str, ...] = (
     "n_defect",
     "n_masked",
 )
+
+
+def _per_class_pixel(y: np.ndarray, classes: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> dict[str, float]:
+    """{defect class: pixel AUROC over its images plus the good ones}; classes without mask pixels are skipped."""
+    out: dict[str, float] = {}
+    good = y == 0
+    for c in sorted(set(classes[y == 1].tolist())):
+        sel = good | ((classes == c) & (y == 1))
+        m = masks[sel]
+        if m.any() and not m.all():
+            out[str(c)] = pixel_auroc(m, maps[sel])
+    return out
 
 
 def evaluate_predictions(
@@ -58,6 +71,9 @@ def evaluate_predictions(
           non-empty (and not every pixel is defect); else None.
         * ``f1_max``, ``f1_threshold``: best F1 and its threshold, None without defects.
         * ``per_class``: ``{defect class: AUROC vs good}``, None without good images.
+        * ``per_class_pixel``: ``{defect class: pixel AUROC over that class's images and
+          every good image}`` (which class's maps limit ``pixel_auroc``); a class without
+          mask pixels is left out; None when ``pixel_auroc`` is.
         * ``false_alarm_rate``, ``recall_at_threshold``: at ``threshold``; None
           when the respective class is absent.
         * ``threshold``: float; ``n_images``, ``n_good``, ``n_defect``, ``n_masked``
@@ -79,6 +95,7 @@ def evaluate_predictions(
     rates = rates_at_threshold(y, s, threshold)
 
     pix_auroc: float | None = None
+    per_class_pixel: dict[str, float] | None = None
     pro: float | None = None
     n_masked = 0
     if masks is not None:
@@ -91,6 +108,7 @@ def evaluate_predictions(
             if n_masked > 0 and not m.all():
                 pix_auroc = pixel_auroc(m, a)
                 pro = aupro(m, a)
+                per_class_pixel = _per_class_pixel(y, np.asarray(classes), m, a)
 
     return {
         "image_auroc": img_auroc,
@@ -99,6 +117,7 @@ def evaluate_predictions(
         "f1_max": f1,
         "f1_threshold": f1_thr,
         "per_class": per_class,
+        "per_class_pixel": per_class_pixel,
         "false_alarm_rate": rates["false_alarm_rate"],
         "recall_at_threshold": rates["recall"],
         "threshold": float(threshold),

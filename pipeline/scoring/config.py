@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 SCORE_REDUCTIONS = ("max", "topk")
+PROJECTIONS = ("group", "pca", "whiten")  # see projection.py
 
 
 @dataclass
@@ -11,7 +12,8 @@ class ScorerConfig:
     image_size: int = 256  # frames are resized to this square size inside the model
     agg_kernel: int = 3  # local neighbourhood averaging of patch features (PatchCore)
     agg_zero_pad: bool = False  # True: border averages count the zero padding, as PatchCore does (see patch_features.py)
-    feature_dim: int | None = None  # average groups of channels down to this many dims; None keeps all
+    feature_dim: int | None = None  # patch feature dims after `projection`; None keeps all channels
+    projection: str = "group"  # group: average adjacent channels; pca / whiten: learnt on the bank images (projection.py)
     grid_tap: int = 0  # patches live on this tap's grid (0: the finest); finer taps are average-pooled onto it
     coreset_ratio: float = 0.01  # fraction of training patches kept in the memory bank
     max_bank: int = 16384  # upper bound on memory-bank rows (latency and memory)
@@ -29,5 +31,9 @@ class ScorerConfig:
     def __post_init__(self) -> None:
         if self.score_reduce not in SCORE_REDUCTIONS:
             raise ValueError(f"score_reduce must be one of {SCORE_REDUCTIONS}, got {self.score_reduce!r}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
+        if self.projection != "group" and self.feature_dim is None:
+            raise ValueError(f"projection {self.projection!r} needs feature_dim (the number of principal directions kept)")
         if not 0 < self.coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")

@@ -17,6 +17,7 @@ from pipeline.metrics import calibrate_threshold
 from pipeline.scoring.config import ScorerConfig
 from pipeline.scoring.coreset import greedy_coreset
 from pipeline.scoring.inspector import Inspector
+from pipeline.scoring.projection import fit_pca
 
 INSPECTOR_FILE = "inspector.pt"
 
@@ -40,11 +41,13 @@ def _batches(n: int, size: int) -> list[slice]:
 
 
 @torch.no_grad()
-def extract_patch_features(inspector: Inspector, images: torch.Tensor, batch_size: int = 16, progress: bool = False) -> torch.Tensor:
-    """images uint8 [N, C, S, S] -> patch features [N * h * w, D]."""
+def extract_patch_features(inspector: Inspector, images: torch.Tensor, batch_size: int = 16, progress: bool = False,
+                           project: bool = True) -> torch.Tensor:
+    """images uint8 [N, C, S, S] -> patch features [N * h * w, D] (project=False: before the learnt projection, [.., C_p])."""
     out = []
     for sl in tqdm(_batches(images.shape[0], batch_size), desc="features", disable=not progress, leave=False):
-        f = inspector.features(images[sl].float() / 255.0)  # [n, D, h, w]
+        x = images[sl].float() / 255.0
+        f = inspector.features(x) if project else inspector.patch_channels(x)  # [n, D, h, w]
         out.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]))
     return torch.cat(out)
 
@@ -83,7 +86,11 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     encoder.eval()
     bank_idx, hold_idx = split_holdout(images.shape[0], cfg.holdout_fraction, g)
     probe = Inspector(encoder, cfg, bank_size=1).eval()
-    feats = extract_patch_features(probe, images[bank_idx], progress=progress)
+    feats = extract_patch_features(probe, images[bank_idx], progress=progress, project=False)  # [P, C_p]
+    projection = None
+    if probe.learnt_projection:
+        projection = fit_pca(feats, probe.proj_weight.shape[0], whiten=cfg.projection == "whiten")
+        feats = torch.cat([torch.addmm(projection[1], x, projection[0].T) for x in feats.split(65536)])  # [P, D]
     t_feat = time.perf_counter() - t0
     n_patches = feats.shape[0]
     n_select = min(cfg.max_bank, feats.shape[0], max(1, math.ceil(cfg.coreset_ratio * feats.shape[0])))
@@ -92,6 +99,8 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
                          refine=cfg.coreset_refine)
     t_core = time.perf_counter() - t1
     inspector = Inspector(encoder, cfg, bank_size=n_select).eval()
+    if projection is not None:
+        inspector.set_projection(*projection)
     inspector.set_bank(feats[sel])
     del feats
     maps = raw_maps(inspector, images[hold_idx], progress=progress)
@@ -118,6 +127,7 @@ def load_inspector(path: str | Path) -> tuple[Inspector, dict[str, Any]]:
     encoder = Encoder(from_dict(EncoderConfig, ckpt["encoder_config"], where=f"{path}:encoder_config"))
     scorer_cfg = dict(ckpt["scorer_config"])
     scorer_cfg.setdefault("agg_zero_pad", False)  # files written before the option averaged valid cells only
+    scorer_cfg.setdefault("projection", "group")  # files written before learnt projections averaged channel groups
     inspector = Inspector(encoder, from_dict(ScorerConfig, scorer_cfg, where=f"{path}:scorer_config"), ckpt["bank_size"])
     inspector.load_state_dict(ckpt["state_dict"])
     return inspector.eval(), ckpt["meta"]

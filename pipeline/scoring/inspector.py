@@ -34,15 +34,27 @@ class Inspector(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.encoder = encoder
-        self.patches = PatchFeatures(encoder.tap_channels, cfg.agg_kernel, cfg.feature_dim, cfg.grid_tap, cfg.agg_zero_pad)
+        grouped_dim = cfg.feature_dim if cfg.projection == "group" else None
+        self.patches = PatchFeatures(encoder.tap_channels, cfg.agg_kernel, grouped_dim, cfg.grid_tap, cfg.agg_zero_pad)
         self.blur = GaussianBlur(cfg.blur_sigma)
         d = self.patches.dim
+        self.learnt_projection = cfg.projection != "group"
+        if self.learnt_projection:  # PCA (optionally whitened), fitted on the bank images: y = W x + b
+            assert cfg.feature_dim is not None  # ScorerConfig guarantees it
+            self.register_buffer("proj_weight", torch.eye(cfg.feature_dim, d))  # [D, C], set by set_projection
+            self.register_buffer("proj_bias", torch.zeros(cfg.feature_dim))  # [D]
+            d = cfg.feature_dim
         self.register_buffer("memory_bank", torch.zeros(bank_size, d))  # [B, D]
         self.register_buffer("bank_sq", torch.zeros(bank_size))  # ||bank||^2, precomputed
         # raw -> normalized: (raw - offset) * scale; threshold_raw maps to 0.5
         self.register_buffer("norm_offset", torch.tensor(0.0))
         self.register_buffer("norm_scale", torch.tensor(1.0))
         self.register_buffer("threshold_raw", torch.tensor(0.5))
+
+    def set_projection(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """weight [D, C], bias [D]: the learnt projection of the C patch channels (fit_pca)."""
+        self.proj_weight.copy_(weight)
+        self.proj_bias.copy_(bias)
 
     def set_bank(self, bank: torch.Tensor) -> None:
         """bank: [B, D] patch features of good training images."""
@@ -62,9 +74,19 @@ class Inspector(nn.Module):
         s = self.cfg.image_size
         return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
 
+    def patch_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, C, S, S] -> patch features before any learnt projection [N, C_p, h, w]."""
+        return self.patches(self.encoder(x))
+
+    def project(self, f: torch.Tensor) -> torch.Tensor:
+        """[N, C_p, h, w] -> [N, D, h, w]: the learnt projection as a 1x1 conv (identity for `group`)."""
+        if not self.learnt_projection:
+            return f
+        return F.conv2d(f, self.proj_weight[:, :, None, None], self.proj_bias)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, S, S] -> patch features [N, D, h, w]."""
-        return self.patches(self.encoder(x))
+        return self.project(self.patch_channels(x))
 
     def raw_map(self, x: torch.Tensor) -> torch.Tensor:
         """[N, C, S, S] -> unnormalized anomaly map [N, S, S] (smoothed NN distance)."""
