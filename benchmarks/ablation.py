@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
 from pipeline.config import load_config, to_dict  # noqa: E402
-from pipeline.steps import evaluate_step, fit_step, git_commit, pretrain_step  # noqa: E402
+from pipeline.steps import BENCH_KEYS, evaluate_step, fit_step, git_commit, pretrain_step  # noqa: E402
 
 MTD = ROOT.parent / "shared/data/magnetic-tile-defects/split.json"
 OUT = ROOT / "benchmarks/results/ablation.json"
@@ -59,7 +59,7 @@ def main() -> None:
         fit = fit_step(run, args.manifest, progress=False)
         met = evaluate_step(run, args.manifest, run / "metrics.json", progress=False)
         results[name] = {
-            **{k: met[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "per_class_pixel", "false_alarm_rate", "recall_at_threshold")},
+            **{k: met[k] for k in BENCH_KEYS},
             "pretrain_seconds": pre["seconds"], "images_per_second_pretrain": pre["images_per_second"], "fit_seconds": fit["seconds"],
             "epochs": cfg.pretrain.epochs, "method": cfg.pretrain.method, "config": to_dict(cfg), "commit": git_commit(),
         }

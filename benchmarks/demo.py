@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
-from pipeline.steps import git_commit, now  # noqa: E402
+from pipeline.steps import BENCH_KEYS, git_commit, now  # noqa: E402
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     from flows.cli import DEMO_DATA
 
     result = {
-        **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "per_class_pixel", "false_alarm_rate", "recall_at_threshold")},
+        **{k: metrics[k] for k in BENCH_KEYS},
         "epochs": pretrain["epochs"], "pretrain_seconds": pretrain["seconds"],
         "images_per_second_pretrain": pretrain["images_per_second"], "wall_seconds": wall, "data": DEMO_DATA,
         "command": " ".join(["loupe"] + cmd[1:]), "commit": git_commit(), "created": now(),

@@ -20,6 +20,7 @@ benchmarks/results/robustness.json (one entry per config).
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import json
 import math
 import random
@@ -33,11 +34,10 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
-from pipeline.steps import evaluate_step, fit_step, git_commit, now, pretrain_step, reuse_pretraining  # noqa: E402
+from pipeline.steps import BENCH_KEYS, evaluate_step, fit_step, git_commit, now, pretrain_step, reuse_pretraining  # noqa: E402
 
 MTD = ROOT.parent / "shared/data/magnetic-tile-defects/split.json"
 OUT = ROOT / "benchmarks/results/robustness.json"
-KEYS = ("image_auroc", "pixel_auroc", "aupro", "per_class", "per_class_pixel", "false_alarm_rate", "recall_at_threshold")
 
 
 def _absolute(manifest: Path, rows: list[list[Any]]) -> list[list[Any]]:
@@ -117,7 +117,7 @@ def write_manifests(manifest: Path, work: Path, fraction: float, n_few: int, see
 
 def metrics(run_dir: Path, manifest: Path, out: Path) -> dict[str, Any]:
     met = evaluate_step(run_dir, manifest, out, progress=False)
-    return {**{k: met[k] for k in KEYS}, "n_test": met["n_images"]}
+    return {**{k: met[k] for k in BENCH_KEYS}, "n_test": met["n_images"]}
 
 
 def _line(name: str, m: dict[str, Any]) -> str:
@@ -157,9 +157,7 @@ def main() -> None:
     few_met = metrics(few_run, few_manifest, work / f"few{args.few}-metrics.json")
     print(_line(f"{args.few} training images", few_met), flush=True)
 
-    classes: dict[str, int] = {}
-    for row in moved:
-        classes[_class_of(row)] = classes.get(_class_of(row), 0) + 1
+    classes = dict(Counter(_class_of(row) for row in moved))
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     results[args.config] = {
         "manifest": str(args.manifest), "seed": args.seed, "clean_run": str(clean_run), "clean_cost": clean_cost,

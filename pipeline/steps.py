@@ -37,6 +37,8 @@ from pipeline.metrics import evaluate_predictions, heatmap_grid, plot_roc
 from pipeline.scoring.fit import INSPECTOR_FILE, fit_inspector, load_inspector, save_inspector
 
 CONFIG_FILE = "config.yaml"
+# the quality figures every benchmark result carries (a subset of the evaluation report)
+BENCH_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "per_class_pixel", "false_alarm_rate", "recall_at_threshold")
 
 
 def git_commit() -> str:
@@ -268,7 +270,7 @@ def reuse_pretraining(source: str | Path, run_dir: str | Path, cfg: LoupeConfig,
         raise ValueError(f"{source} was pretrained with other {', '.join(differ)} settings than config {cfg.name!r}; "
                          "reuse only a pretraining of the same config")
     summary = json.loads(summary_path.read_text())
-    _, fp = read_samples(data, "train", False, cfg.encoder.in_channels)
+    fp = fingerprint(load_samples(data, "train"))  # the file list and bytes: no need to decode every image again
     if summary.get("data_fingerprint") != fp:
         raise ValueError(f"{source} was pretrained on other training images than {data} (fingerprint differs)")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -308,7 +310,7 @@ def bench_quality(
     fit = fit_step(work, manifest, progress=progress)
     metrics = evaluate_step(work, manifest, work / "metrics.json", progress=progress)
     result = {
-        **{k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "per_class_pixel", "false_alarm_rate", "recall_at_threshold")},
+        **{k: metrics[k] for k in BENCH_KEYS},
         "pretrain_seconds": pre["seconds"], "fit_seconds": fit["seconds"], "images_per_second_pretrain": pre["images_per_second"],
         "coreset_seconds": fit["coreset_seconds"], "bank_size": fit["bank_size"], "n_patches": fit["n_patches"],
         "eval_seconds": metrics["eval_seconds"], "total_seconds": time.perf_counter() - t0,
