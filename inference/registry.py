@@ -205,13 +205,13 @@ class Registry:
         entries = self.entries(product)
         if not entries:
             raise RegistryError(f"no models registered for product {product!r} under {self.root}; train one with `loupe train DATA --product {product}`")
-        wanted = version.strip()
-        if wanted.isdigit():
-            wanted = f"v{int(wanted):04d}"
+        raw = version.strip()
+        wanted = f"v{int(raw):04d}" if raw.isdigit() else raw
         for e in entries:
             if e.version == wanted:
                 return e
-        matches = [e for e in entries if wanted and e.model_version.startswith(wanted)]
+        # a hex model_version prefix may be all digits ("19248409"): match it as written
+        matches = [e for e in entries if raw and e.model_version.startswith(raw)]
         if len(matches) == 1:
             return matches[0]
         known = ", ".join(e.version for e in entries)
