@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss, PerturbationContrastLoss
+from pipeline.contrastive.losses import (
+    DenseInfoNCELoss, InfoNCEQueueLoss, MeanShiftedContrastLoss, NTXentLoss, PerturbationContrastLoss, feature_center,
+)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -328,3 +330,71 @@ def test_perturbation_contrast_temperature_scaling() -> None:
         vals.append(got)
     assert vals[0] < vals[1] < vals[2]
     assert PerturbationContrastLoss().temperature == 0.2
+
+
+# --------------------------------------------------------------------------- mean-shifted contrast (msc)
+
+
+def naive_msc(z0: torch.Tensor, z1: torch.Tensor, c: torch.Tensor, t: float, w: float) -> torch.Tensor:
+    """Each feature made unit, shifted by c, then NT-Xent (which renormalises); plus w times the
+    mean squared distance of the unit features to c, over both views, one image at a time."""
+    s0 = torch.stack([z0[i] / z0[i].norm() - c for i in range(z0.shape[0])])
+    s1 = torch.stack([z1[i] / z1[i].norm() - c for i in range(z1.shape[0])])
+    angular = sum(float((s[i] ** 2).sum()) for s in (s0, s1) for i in range(s.shape[0])) / (2 * z0.shape[0])
+    return naive_ntxent(s0, s1, t) + w * angular
+
+
+@pytest.mark.parametrize("n,d,t,w", [(2, 3, 0.25, 0.0), (5, 8, 0.25, 1.0), (7, 4, 0.1, 0.5)])
+def test_mean_shifted_matches_naive(n: int, d: int, t: float, w: float) -> None:
+    g = torch.Generator().manual_seed(n * 10 + d)
+    z0, z1 = torch.randn(n, d, generator=g) + 2.0, torch.randn(n, d, generator=g) + 2.0  # one cone, as good parts are
+    c = feature_center(torch.cat([z0, z1]))
+    torch.testing.assert_close(MeanShiftedContrastLoss(t, w)(z0, z1, c), naive_msc(z0, z1, c, t, w).float())
+
+
+def test_mean_shifted_with_zero_center_is_ntxent_and_scale_invariant() -> None:
+    g = torch.Generator().manual_seed(3)
+    z0, z1 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    loss = MeanShiftedContrastLoss(0.25)
+    torch.testing.assert_close(loss(z0, z1, torch.zeros(5)), NTXentLoss(0.25)(z0, z1))
+    c = feature_center(z0)
+    scales = torch.rand(6, 1, generator=g) * 10 + 0.1  # only each feature's direction counts
+    torch.testing.assert_close(loss(z0 * scales, z1, c), loss(z0, z1, c))
+
+
+def test_mean_shifted_separates_a_tight_cone_that_plain_ntxent_sees_as_one_point() -> None:
+    """Good images' features share one narrow cone: around the origin all pairs look alike (loss near
+    log(2N-1)); around the cone's centre the two views of an image are told apart from the others."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 8, 16
+    base = torch.zeros(d)
+    base[0] = 1.0
+    jitter = 0.02 * torch.randn(n, d, generator=g)
+    z0 = base + jitter
+    z1 = base + jitter + 0.002 * torch.randn(n, d, generator=g)  # the other view: nearly the same direction
+    plain = NTXentLoss(0.25)(z0, z1)
+    shifted = MeanShiftedContrastLoss(0.25)(z0, z1, feature_center(torch.cat([z0, z1])))
+    assert abs(float(plain) - math.log(2 * n - 1)) < 0.1
+    assert float(shifted) < 0.5 * float(plain)
+
+
+def test_mean_shifted_gradients_and_angular_pull() -> None:
+    g = torch.Generator().manual_seed(1)
+    z0 = (torch.randn(4, 6, generator=g) + 1.0).requires_grad_()
+    z1 = torch.randn(4, 6, generator=g) + 1.0
+    c = feature_center(torch.cat([z0.detach(), z1]))
+    MeanShiftedContrastLoss(0.25, angular_weight=1.0)(z0, z1, c).backward()
+    assert z0.grad is not None and torch.isfinite(z0.grad).all() and z0.grad.abs().sum() > 0
+    # the angular term alone moves features towards c: a small step along -grad raises their cosine to c
+    z = (torch.randn(4, 6, generator=g) + 1.0).requires_grad_()
+    far = MeanShiftedContrastLoss(0.25, angular_weight=1.0)(z, z.detach(), c) - MeanShiftedContrastLoss(0.25)(z, z.detach(), c)
+    far.backward()
+    cos_before = torch.nn.functional.cosine_similarity(z.detach(), c[None]).mean()
+    cos_after = torch.nn.functional.cosine_similarity(z.detach() - 0.1 * z.grad, c[None]).mean()
+    assert cos_after > cos_before
+
+
+def test_feature_center_is_the_unit_mean_of_unit_features() -> None:
+    f = torch.tensor([[3.0, 0.0], [0.0, 0.5]])
+    torch.testing.assert_close(feature_center(f), torch.tensor([1.0, 1.0]) / math.sqrt(2))
+    assert abs(float(feature_center(torch.randn(9, 4)).norm()) - 1.0) < 1e-6

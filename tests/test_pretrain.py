@@ -34,7 +34,7 @@ def images() -> torch.Tensor:
     return torch.from_numpy(np.stack([make_surface(np.random.default_rng([5, i]), "brushed_metal", (64, 64)) for i in range(8)]))[:, None]
 
 
-METHODS = ("simclr", "moco", "densecl")
+METHODS = ("simclr", "moco", "densecl", "msc")
 
 
 def _cfg(method: str, epochs: int = 1, **kw) -> PretrainConfig:
@@ -82,6 +82,11 @@ def test_each_method_trains_and_writes_checkpoints(method: str, images: torch.Te
         assert state["queue_ptr"] == (2 * 8) % 16
     has_dense = any(k.startswith("dense_head.") for k in state["model"])
     assert has_dense == (method == "densecl")
+    has_head = any(k.startswith("head.") for k in state["model"])
+    assert has_head == (method != "msc")  # msc contrasts the backbone's pooled features themselves
+    assert ("center" in state) == (method == "msc")
+    if method == "msc":
+        assert state["center"].shape == (enc.tap_channels[-1],) and abs(float(state["center"].norm()) - 1) < 1e-5
 
 
 @pytest.mark.parametrize("method", ["densecl", "moco"])
@@ -134,6 +139,8 @@ def test_resume_after_kill_equals_uninterrupted(method: str, images: torch.Tenso
     if method == "moco":
         _assert_same(a["key_model"], b["key_model"])
         assert torch.equal(a["queue"], b["queue"]) and a["queue_ptr"] == b["queue_ptr"]
+    if method == "msc":  # the centre comes from the initial weights and survives the kill
+        assert torch.equal(a["center"], b["center"])
 
 
 def test_resume_rejects_other_config_and_finished_run_is_noop(images: torch.Tensor, tmp_path: Path) -> None:
@@ -304,3 +311,17 @@ def test_pretrain_step_is_deterministic_whatever_the_global_rng(tiny_data: Path,
         pretrain_step(tiny_data / "split.json", tmp_path / str(i), "smoke", epochs=1, progress=False)
         states.append(load_encoder(tmp_path / str(i) / ENCODER_FILE)[0].state_dict())
     _assert_same(states[0], states[1])
+
+
+def test_msc_center_is_fixed_from_the_initial_weights(images: torch.Tensor, tmp_path: Path) -> None:
+    """The centre is taken once, before the first step: one epoch or two, the same centre."""
+    one = pretrain(images, _encoder(), _cfg("msc", epochs=1), tmp_path / "one", progress=False)
+    two = pretrain(images, _encoder(), _cfg("msc", epochs=2), tmp_path / "two", progress=False)
+    assert one.losses[0] == two.losses[0]
+    c1 = torch.load(tmp_path / "one" / STATE_FILE, weights_only=True)["center"]
+    c2 = torch.load(tmp_path / "two" / STATE_FILE, weights_only=True)["center"]
+    assert torch.equal(c1, c2)
+    other = torch.load(tmp_path / "one" / STATE_FILE, weights_only=True)
+    assert other["config"]["method"] == "msc" and other["config"]["angular_weight"] == 0.0
+    with_angular = pretrain(images, _encoder(), _cfg("msc", angular_weight=1.0), tmp_path / "ang", progress=False)
+    assert with_angular.losses != one.losses

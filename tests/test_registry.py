@@ -329,3 +329,19 @@ def test_promotion_is_compare_and_swap(bundles: list[Path], tmp_path: Path) -> N
         reg.promote("p", b.version, expected_current=None)
     assert reg.current("p").version == "v0001"
     assert reg.promote("p", b.version, expected_current="v0001").status == "champion"
+
+
+def test_all_digit_model_version_prefix(bundles: list[Path], tmp_path: Path) -> None:
+    """A hex model version can start with digits only (about 1 in 40 prefixes of 8): such a prefix is
+    still matched as a prefix, not read only as a registry number (the old intermittent failure)."""
+    reg = Registry(_home(tmp_path))
+    first = reg.register("p", bundles[0])
+    second = reg.register("p", bundles[1])
+    # force the rare case: give the second version an all-digit model version in its stored record
+    entry_file = second.path / "entry.json"
+    data = json.loads(entry_file.read_text())
+    data["model_version"] = "19248409" + data["model_version"][8:]
+    entry_file.write_text(json.dumps(data))
+    assert reg.entry("p", "19248409").version == second.version
+    assert reg.entry("p", "1").version == first.version  # a short number is still the registry version v0001
+    assert reg.entry("p", "v0002").version == second.version

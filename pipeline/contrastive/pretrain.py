@@ -8,6 +8,9 @@ Objectives (`PretrainConfig.method`):
 - "spotdiff": dense spot-the-difference: matched clean locations are positives,
              anomaly-like perturbations (`perturb.py`) the only negatives; good
              surface is never pushed apart from good surface.
+- "msc":     mean-shifted contrast (Reiss and Hoshen) for fine-tuning pretrained
+             weights: NT-Xent on the pooled features themselves (no head), as angles
+             around the training images' feature centre, fixed before the first step.
 The global embedding pools the *deepest tap the scorer uses*, so the loss shapes
 exactly the features the scorer reads (and deeper stages are never computed).
 
@@ -37,11 +40,13 @@ from models.encoder import Encoder, EncoderConfig
 from models.heads import DenseProjectionHead, ProjectionHead
 from pipeline.checkpoint import load_checkpoint, save_atomic
 from pipeline.contrastive.augment import PhotometricConfig, photometric
-from pipeline.contrastive.losses import DenseInfoNCELoss, InfoNCEQueueLoss, NTXentLoss, PerturbationContrastLoss
+from pipeline.contrastive.losses import (
+    DenseInfoNCELoss, InfoNCEQueueLoss, MeanShiftedContrastLoss, NTXentLoss, PerturbationContrastLoss, feature_center,
+)
 from pipeline.contrastive.perturb import PerturbConfig, cell_mask, perturb
 from pipeline.contrastive.views import ViewConfig, correspondence, render_views, sample_affines
 
-METHODS = ("simclr", "moco", "densecl", "spotdiff")
+METHODS = ("simclr", "moco", "densecl", "spotdiff", "msc")
 DENSE_METHODS = ("densecl", "spotdiff")
 STATE_FILE = "pretrain_state.pt"  # everything needed to resume
 ENCODER_FILE = "encoder.pt"  # the encoder alone: state_dict + config
@@ -61,6 +66,7 @@ class PretrainConfig:
     dense_weight: float = 0.5  # densecl: loss = (1 - w) * global + w * dense
     queue_size: int = 4096  # moco
     momentum: float = 0.99  # moco key encoder EMA
+    angular_weight: float = 0.0  # msc: weight of the angular centre term (0: plain mean-shifted contrast)
     freeze_bn: bool = False  # keep pretrained BatchNorm statistics (fine-tuning)
     seed: int = 0
     views: ViewConfig = field(default_factory=ViewConfig)
@@ -95,7 +101,8 @@ class ContrastiveModel(nn.Module):
     def __init__(self, encoder: Encoder, cfg: PretrainConfig) -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = ProjectionHead(encoder.tap_channels[-1], cfg.proj_hidden, cfg.proj_dim)
+        # msc compares the backbone's own pooled features: a head would let it leave them untouched
+        self.head = nn.Identity() if cfg.method == "msc" else ProjectionHead(encoder.tap_channels[-1], cfg.proj_hidden, cfg.proj_dim)
         dense_in = sum(encoder.tap_channels)
         self.dense_head = DenseProjectionHead(dense_in, cfg.proj_hidden, cfg.proj_dim) if cfg.method in DENSE_METHODS else None
 
@@ -104,7 +111,7 @@ class ContrastiveModel(nn.Module):
         return self.embed(v0), self.embed(v1)
 
     def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: [N, C, h, w] -> (z [N, proj_dim], dense [N, proj_dim, h/s0, w/s0] or None)."""
+        """x: [N, C, h, w] -> (z [N, proj_dim] (msc: [N, C_last]), dense [N, proj_dim, h/s0, w/s0] or None)."""
         taps = self.encoder(x)
         z = self.head(taps[-1].mean(dim=(2, 3)))
         if self.dense_head is None:
@@ -225,8 +232,10 @@ def pretrain(
     g = torch.Generator().manual_seed(cfg.seed)
     ntxent, infonce, dense_loss = NTXentLoss(cfg.temperature), InfoNCEQueueLoss(cfg.temperature), DenseInfoNCELoss(cfg.temperature)
     spot_loss = PerturbationContrastLoss(cfg.temperature)
+    msc_loss = MeanShiftedContrastLoss(cfg.temperature, cfg.angular_weight)
 
     start_epoch, losses, seconds, seen = 0, [], 0.0, 0
+    center: torch.Tensor | None = None  # msc: [C_last] unit centre of the training images' pooled features
     state_path = out_dir / STATE_FILE
     config_dict = to_dict(cfg)
     if resume and state_path.is_file():
@@ -240,9 +249,14 @@ def pretrain(
             key_model.load_state_dict(st["key_model"])
             queue, queue_ptr = st["queue"].to(device), int(st["queue_ptr"])
         start_epoch, losses, seconds, seen = st["epoch"], list(st["losses"]), float(st["seconds"]), int(st["seen"])
+        center = st.get("center")
+    images = images.to(device)
+    if cfg.method == "msc" and center is None and cfg.epochs > start_epoch:  # from the initial weights, before any step
+        center = _msc_center(model, images, cfg, device, batch)
+    if center is not None:
+        center = center.to(device)
 
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    images = images.to(device)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         if cfg.freeze_bn:
@@ -266,7 +280,8 @@ def pretrain(
                 v1, pmask = perturb(v1, cfg.perturb, g)
             if world > 1:  # this rank embeds its shard; _loss gathers the whole batch's embeddings
                 v0, v1 = v0.chunk(world)[rank], v1.chunk(world)[rank]
-            loss = _loss(net, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, spot_loss, pmask)
+            loss = _loss(net, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, spot_loss, pmask,
+                         msc_loss=msc_loss, center=center)
             opt.zero_grad(set_to_none=True)
             (loss * world if world > 1 else loss).backward()  # DDP averages the ranks' shares of the gradient (see _gather)
             opt.step()
@@ -290,6 +305,8 @@ def pretrain(
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": g.get_state(),
                  "epoch": epoch + 1, "losses": losses, "seconds": seconds, "seen": seen, "config": config_dict,
                  "queue": queue.cpu(), "queue_ptr": queue_ptr}
+        if center is not None:
+            state["center"] = center.cpu()
         if key_model is not None:
             state["key_model"] = key_model.state_dict()
         if rank == 0:
@@ -302,13 +319,17 @@ def pretrain(
     return PretrainResult(out_dir / ENCODER_FILE, cfg.epochs - start_epoch, seconds, seen / seconds if seconds else 0.0, losses)
 
 
-def _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, spot_loss, pmask=None) -> torch.Tensor:
+def _loss(model, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, spot_loss, pmask=None,
+          msc_loss=None, center=None) -> torch.Tensor:
     """The configured objective on one batch of view pairs (symmetric in the two views).
 
     pmask: bool [N, S, S] pixels of view 1 changed by anomaly-like perturbations, or None.
+    center: [C_last] the msc centre, or None.
     """
     (z0, d0), (z1, d1) = model(v0, v1)  # embed(v0), embed(v1)
     z0, d0, z1, d1 = (_gather(t) for t in (z0, d0, z1, d1))  # the whole batch's embeddings under DDP
+    if cfg.method == "msc":
+        return msc_loss(z0, z1, center)
     if cfg.method == "spotdiff":  # PretrainConfig guarantees perturbations (pmask is set)
         k01, valid01, hard01, _ = _matched_keys(d0, d1, theta0, theta1, pmask)
         return spot_loss(d0, k01, valid01, hard01)
@@ -346,6 +367,23 @@ def _matched_keys(
         pert1 = cell_mask(pmask, h, w)
         hard01 = F.grid_sample(pert1[:, None].float(), grid01, mode="nearest", align_corners=False)[:, 0] > 0
     return k01, valid01.to(d0.device), hard01, pert1
+
+
+@torch.no_grad()
+def _msc_center(model: ContrastiveModel, images: torch.Tensor, cfg: PretrainConfig, device: torch.device, batch: int) -> torch.Tensor:
+    """The mean-shift centre: normalised mean of the unit pooled features of one seeded view per
+    training image (the views the loss sees, without photometric jitter), initial weights,
+    BatchNorm in inference mode. images: uint8 [N, C, S, S] -> [C_last]."""
+    g = torch.Generator().manual_seed(cfg.seed + 1)  # its own stream: the training draws stay as they were
+    was_training = model.training
+    model.eval()
+    feats = []
+    for i in range(0, images.shape[0], batch):
+        x = images[i : i + batch].float() / 255.0
+        v = render_views(x, sample_affines(x.shape[0], cfg.views, g).to(device), cfg.views.crop_size)
+        feats.append(model.embed(v)[0])
+    model.train(was_training)
+    return feature_center(torch.cat(feats))
 
 
 def _enqueue(queue: torch.Tensor, ptr: int, keys: torch.Tensor) -> tuple[torch.Tensor, int]:
