@@ -325,3 +325,20 @@ def test_msc_center_is_fixed_from_the_initial_weights(images: torch.Tensor, tmp_
     assert other["config"]["method"] == "msc" and other["config"]["angular_weight"] == 0.0
     with_angular = pretrain(images, _encoder(), _cfg("msc", angular_weight=1.0), tmp_path / "ang", progress=False)
     assert with_angular.losses != one.losses
+
+
+def test_resume_state_written_before_a_setting_existed(images: torch.Tensor, tmp_path: Path) -> None:
+    """A state file whose config lacks a setting added later (here angular_weight) resumes: the
+    missing setting takes its default, which is what that run trained with."""
+    cfg = _cfg("densecl", epochs=2)
+    with pytest.raises(_Killed):
+        pretrain(images, _encoder(), cfg, tmp_path, progress=False, on_epoch=_kill_after(1))
+    state = torch.load(tmp_path / STATE_FILE, weights_only=True)
+    del state["config"]["angular_weight"]
+    torch.save(state, tmp_path / STATE_FILE)
+    res = pretrain(images, _encoder(), cfg, tmp_path, resume=True, progress=False)
+    assert res.epochs_run == 1
+    state["config"]["momentum"] = 0.5  # a setting that really differs is still refused
+    torch.save(state, tmp_path / STATE_FILE)
+    with pytest.raises(ValueError, match="another pretraining config"):
+        pretrain(images, _encoder(), cfg, tmp_path, resume=True, progress=False)

@@ -144,6 +144,16 @@ def _gather(t: torch.Tensor | None) -> torch.Tensor | None:
     return torch.cat(parts)
 
 
+def _with_defaults(config: dict[str, Any]) -> dict[str, Any] | None:
+    """A stored pretraining config with the settings added since at their defaults (None if unreadable)."""
+    from pipeline.config import from_dict, to_dict
+
+    try:
+        return to_dict(from_dict(PretrainConfig, config, where="pretrain_state.config"))
+    except (TypeError, ValueError):
+        return None
+
+
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -240,7 +250,8 @@ def pretrain(
     config_dict = to_dict(cfg)
     if resume and state_path.is_file():
         st = load_checkpoint(state_path)
-        if st["config"] != config_dict:
+        # compared with defaults filled in: a state written before a setting existed still resumes
+        if _with_defaults(st["config"]) != config_dict:
             raise ValueError(f"{state_path} was written with another pretraining config; use a new --out folder or drop --resume")
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
