@@ -20,6 +20,7 @@ class ScorerConfig:
     coreset_proj_dim: int = 64  # random projection used only to *select* the coreset
     coreset_chunk: int = 100_000  # greedy k-center runs per chunk of this many patches
     coreset_refine: float = 1.0  # >1: chunks keep refine x bank size, then one global pass (see coreset.py)
+    denoise_fraction: float = 0.0  # drop this share of training patches farthest from the other images' (denoise.py); 0: off
     knn_chunk: int = 4096  # memory-bank rows per matmul in the nearest-neighbour search
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     score_reduce: str = "max"  # image score = map max, or mean of the top `topk_fraction` pixels
@@ -35,5 +36,7 @@ class ScorerConfig:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.projection != "group" and self.feature_dim is None:
             raise ValueError(f"projection {self.projection!r} needs feature_dim (the number of principal directions kept)")
+        if not 0 <= self.denoise_fraction < 1:
+            raise ValueError(f"denoise_fraction must be in [0, 1), got {self.denoise_fraction}")
         if not 0 < self.coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")

@@ -16,6 +16,7 @@ from pipeline.checkpoint import load_checkpoint, save_atomic
 from pipeline.metrics import calibrate_threshold
 from pipeline.scoring.config import ScorerConfig
 from pipeline.scoring.coreset import greedy_coreset
+from pipeline.scoring.denoise import cross_fit_distances, keep_mask
 from pipeline.scoring.inspector import Inspector
 from pipeline.scoring.projection import fit_pca
 
@@ -25,7 +26,7 @@ INSPECTOR_FILE = "inspector.pt"
 @dataclass
 class FitResult:
     inspector: Inspector
-    n_patches: int  # training patches before the coreset
+    n_patches: int  # training patches before denoising and the coreset
     bank_size: int
     n_bank_images: int
     n_holdout_images: int
@@ -34,6 +35,7 @@ class FitResult:
     feature_seconds: float
     coreset_seconds: float
     seconds: float
+    n_denoised: int = 0  # patches dropped by cross-fitted denoising (denoise_fraction)
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -91,8 +93,14 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     if probe.learnt_projection:
         projection = fit_pca(feats, probe.proj_weight.shape[0], whiten=cfg.projection == "whiten")
         feats = torch.cat([torch.addmm(projection[1], x, projection[0].T) for x in feats.split(65536)])  # [P, D]
-    t_feat = time.perf_counter() - t0
     n_patches = feats.shape[0]
+    n_denoised = 0
+    if cfg.denoise_fraction > 0:  # before the coreset, which would pick exactly those far-out patches first
+        dist = cross_fit_distances(feats, len(bank_idx), cfg.coreset_ratio, cfg.max_bank, torch.Generator().manual_seed(cfg.seed + 1),
+                                   proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
+        keep = keep_mask(dist, cfg.denoise_fraction)
+        feats, n_denoised = feats[keep], int((~keep).sum())
+    t_feat = time.perf_counter() - t0
     n_select = min(cfg.max_bank, feats.shape[0], max(1, math.ceil(cfg.coreset_ratio * feats.shape[0])))
     t1 = time.perf_counter()
     sel = greedy_coreset(feats, n_select, generator=g, proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk,
@@ -108,7 +116,8 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     # float32 like the buffer it lands in, so storing it cannot round it onto a held-out score
     thr = calibrate_threshold(scores.astype(np.float32), cfg.target_false_alarm_rate)
     inspector.set_threshold(float(thr), float(maps.mean()))
-    return FitResult(inspector, n_patches, n_select, len(bank_idx), len(hold_idx), float(thr), scores.tolist(), t_feat, t_core, time.perf_counter() - t0)
+    return FitResult(inspector, n_patches, n_select, len(bank_idx), len(hold_idx), float(thr), scores.tolist(), t_feat, t_core, time.perf_counter() - t0,
+                     n_denoised)
 
 
 def save_inspector(inspector: Inspector, path: str | Path, meta: dict[str, Any]) -> Path:
