@@ -50,7 +50,6 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="pretraining epochs for every trained row (entries NAME@Nep)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs/ablation")
     args = ap.parse_args()
-    results = json.loads(OUT.read_text()) if OUT.is_file() else {}
     unknown = [n for n in args.only or [] if n not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; rows: {list(ROWS)}")

@@ -583,10 +583,8 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     coreset, then the false-alarm threshold on the held-out images through the whole INT8
     graph. The bank must keep its size (same data): else ExportError.
     """
-    import math
-
     from pipeline.metrics import calibrate_threshold
-    from pipeline.scoring.coreset import greedy_coreset
+    from pipeline.scoring.coreset import coreset_size, greedy_coreset
     from pipeline.scoring.fit import split_holdout
 
     cfg = inspector.cfg
@@ -609,7 +607,7 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     (feats,) = _ort_run(feat_model, train_frames[bank_idx.numpy()])
     feats_t = torch.from_numpy(np.ascontiguousarray(feats, dtype=np.float32))
     old_bank = inspector.memory_bank.numpy()
-    n_select = min(cfg.max_bank, feats_t.shape[0], max(1, math.ceil(cfg.coreset_ratio * feats_t.shape[0])))
+    n_select = coreset_size(feats_t.shape[0], cfg.coreset_ratio, cfg.max_bank)
     if n_select != old_bank.shape[0]:
         raise ExportError(f"INT8 re-fit: these training images give a bank of {n_select} rows, the run's has {old_bank.shape[0]}; "
                           "pass the run's own data as --data")

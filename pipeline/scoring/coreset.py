@@ -35,6 +35,11 @@ def _greedy(x: torch.Tensor, k: int, start: int) -> torch.Tensor:
     return sel
 
 
+def coreset_size(n: int, ratio: float, max_rows: int) -> int:
+    """Rows a bank keeps of n patches: `ratio` of them (at least 1), at most `max_rows` and n."""
+    return min(max_rows, n, max(1, math.ceil(ratio * n)))
+
+
 def greedy_coreset(
     features: torch.Tensor,
     n_select: int,

@@ -17,7 +17,7 @@ import math
 
 import torch
 
-from pipeline.scoring.coreset import greedy_coreset
+from pipeline.scoring.coreset import coreset_size, greedy_coreset
 from pipeline.scoring.knn import nearest_distance
 
 
@@ -38,8 +38,7 @@ def cross_fit_distances(feats: torch.Tensor, n_images: int, bank_ratio: float, m
     out = torch.empty(n_images, p)
     for mine, other in (halves, halves[::-1]):
         ref = per_image[other].reshape(-1, dim)  # [len(other) * P, D]
-        k = min(max_bank, ref.shape[0], max(1, math.ceil(bank_ratio * ref.shape[0])))
-        bank = ref[greedy_coreset(ref, k, generator=generator, **coreset_kw)]
+        bank = ref[greedy_coreset(ref, coreset_size(ref.shape[0], bank_ratio, max_bank), generator=generator, **coreset_kw)]
         bank_sq = (bank * bank).sum(dim=1)
         q = per_image[mine].reshape(-1, dim)
         d = torch.cat([nearest_distance(c, bank, bank_sq) for c in q.split(query_chunk)])  # [len(mine) * P]

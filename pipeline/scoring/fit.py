@@ -1,7 +1,6 @@
 """Fit the scorer on good images: memory bank, coreset, threshold calibration."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from models.encoder import Encoder, EncoderConfig
 from pipeline.checkpoint import load_checkpoint, save_atomic
 from pipeline.metrics import calibrate_threshold
 from pipeline.scoring.config import ScorerConfig
-from pipeline.scoring.coreset import greedy_coreset
+from pipeline.scoring.coreset import coreset_size, greedy_coreset
 from pipeline.scoring.denoise import cross_fit_distances, keep_mask
 from pipeline.scoring.inspector import Inspector
 from pipeline.scoring.projection import fit_pca
@@ -94,17 +93,17 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
         projection = fit_pca(feats, probe.proj_weight.shape[0], whiten=cfg.projection == "whiten")
         feats = torch.cat([torch.addmm(projection[1], x, projection[0].T) for x in feats.split(65536)])  # [P, D]
     n_patches = feats.shape[0]
+    coreset_kw = dict(proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
     n_denoised = 0
     if cfg.denoise_fraction > 0:  # before the coreset, which would pick exactly those far-out patches first
         dist = cross_fit_distances(feats, len(bank_idx), cfg.coreset_ratio, cfg.max_bank, torch.Generator().manual_seed(cfg.seed + 1),
-                                   proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
+                                   **coreset_kw)
         keep = keep_mask(dist, cfg.denoise_fraction)
         feats, n_denoised = feats[keep], int((~keep).sum())
     t_feat = time.perf_counter() - t0
-    n_select = min(cfg.max_bank, feats.shape[0], max(1, math.ceil(cfg.coreset_ratio * feats.shape[0])))
+    n_select = coreset_size(feats.shape[0], cfg.coreset_ratio, cfg.max_bank)
     t1 = time.perf_counter()
-    sel = greedy_coreset(feats, n_select, generator=g, proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk,
-                         refine=cfg.coreset_refine)
+    sel = greedy_coreset(feats, n_select, generator=g, **coreset_kw)
     t_core = time.perf_counter() - t1
     inspector = Inspector(encoder, cfg, bank_size=n_select).eval()
     if projection is not None:
