@@ -1,6 +1,7 @@
 """Robustness of the quality benchmark: contaminated and small unlabeled training sets.
 
     python benchmarks/robustness.py [--config default] [--clean-run RUN_DIR] [--fraction 0.05] [--few 50]
+                                    [--set scorer.KEY=VALUE ...] [--work DIR] [--contamination-only]
 
 Two questions a quality engineer asks before trusting "train on good parts only":
 
@@ -14,8 +15,10 @@ Two questions a quality engineer asks before trusting "train on good parts only"
 
 Each run is the benchmark's pretrain -> fit -> evaluate with the same config; pretrainings can
 run ahead (`--manifests-only`, then `loupe pretrain WORK/contaminated.json --out WORK/contaminated`,
-likewise WORK/few50) and are reused when found in --work. Writes
-benchmarks/results/robustness.json (one entry per config).
+likewise WORK/few50) and are reused when found in --work. `--set` overrides config keys
+(dotted, values parsed as YAML), e.g. `--set scorer.min_support=2`: with the same --work the
+pretrainings are reused and only the fits differ (fitted into RUN_DIR-fit-TAG). Writes
+benchmarks/results/robustness.json (one entry per config, `CONFIG/key=value,...` with --set).
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -85,15 +90,16 @@ def few(split: dict[str, list], n: int, seed: int) -> dict[str, list]:
     return {"train": random.Random(seed).sample(split["train"], n), "test": split["test"]}
 
 
-def run(manifest: Path, run_dir: Path, config: str) -> tuple[Path, dict[str, Any]]:
+def run(manifest: Path, run_dir: Path, config: str, overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Pretrain and fit `config` on `manifest` -> (fitted run folder, cost).
 
     A finished pretraining already in `run_dir` (same config and training images, e.g. from
     `loupe pretrain MANIFEST --out RUN_DIR` started earlier) is reused: fitted in RUN_DIR-fit.
     """
-    cfg = load_config(config)
+    cfg = load_config(config, overrides)
     if (run_dir / "pretrain.json").is_file():
-        fitted = run_dir.with_name(run_dir.name + "-fit")
+        tag = ",".join(f"{k}={v}" for k, v in sorted((overrides or {}).items()))
+        fitted = run_dir.with_name(run_dir.name + "-fit" + (f"-{tag}" if tag else ""))
         pre = reuse_pretraining(run_dir, fitted, cfg, manifest)
     else:
         fitted = run_dir
@@ -133,8 +139,19 @@ def main() -> None:
     ap.add_argument("--few", type=int, default=50)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=None, help="working folder; pretrainings already finished there are reused")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override (dotted key, YAML value), e.g. scorer.min_support=2; repeatable")
+    ap.add_argument("--contamination-only", action="store_true",
+                    help="only the contamination comparison (skips the full-test clean score and the few-image run)")
     ap.add_argument("--manifests-only", action="store_true", help="write the two derived manifests into --work and stop")
     args = ap.parse_args()
+    overrides = {}
+    for item in args.overrides:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. scorer.min_support=2")
+        overrides[key] = yaml.safe_load(value)
+    entry = args.config + ("/" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) if overrides else "")
     work = args.work or Path(tempfile.mkdtemp(prefix="loupe-robust-"))
     work.mkdir(parents=True, exist_ok=True)
     dirty_manifest, few_manifest, moved = write_manifests(args.manifest, work, args.fraction, args.few, args.seed)
@@ -145,22 +162,31 @@ def main() -> None:
     clean_run = args.clean_run
     clean_cost: dict[str, Any] = {}
     if clean_run is None:
-        clean_run, clean_cost = run(args.manifest, work / "clean", args.config)
-    clean_full = metrics(clean_run, args.manifest, work / "clean-full.json")
-    print(_line("clean, full test", clean_full), flush=True)
+        clean_run, clean_cost = run(args.manifest, work / "clean", args.config, overrides)
+    clean_full = None
+    if not args.contamination_only:
+        clean_full = metrics(clean_run, args.manifest, work / "clean-full.json")
+        print(_line("clean, full test", clean_full), flush=True)
     clean_reduced = metrics(clean_run, dirty_manifest, work / "clean-reduced.json")
     print(_line("clean, reduced test", clean_reduced), flush=True)
-    dirty_run, dirty_cost = run(dirty_manifest, work / "contaminated", args.config)
+    dirty_run, dirty_cost = run(dirty_manifest, work / "contaminated", args.config, overrides)
     dirty = metrics(dirty_run, dirty_manifest, work / "contaminated-metrics.json")
     print(_line(f"{args.fraction:.0%} contaminated", dirty), flush=True)
-    few_run, few_cost = run(few_manifest, work / f"few{args.few}", args.config)
-    few_met = metrics(few_run, few_manifest, work / f"few{args.few}-metrics.json")
-    print(_line(f"{args.few} training images", few_met), flush=True)
+    few_entry = None
+    if clean_full is not None:
+        few_run, few_cost = run(few_manifest, work / f"few{args.few}", args.config, overrides)
+        few_met = metrics(few_run, few_manifest, work / f"few{args.few}-metrics.json")
+        print(_line(f"{args.few} training images", few_met), flush=True)
+        few_entry = {
+            "n_train": args.few, "metrics": few_met, "cost": few_cost,
+            "image_auroc_cost_points": 100 * (clean_full["image_auroc"] - few_met["image_auroc"]),
+            "pixel_auroc_cost_points": 100 * (clean_full["pixel_auroc"] - few_met["pixel_auroc"]),
+        }
 
     classes = dict(Counter(_class_of(row) for row in moved))
     results = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    results[args.config] = {
-        "manifest": str(args.manifest), "seed": args.seed, "clean_run": str(clean_run), "clean_cost": clean_cost,
+    results[entry] = {
+        "config": args.config, "overrides": overrides, "manifest": str(args.manifest), "seed": args.seed, "clean_run": str(clean_run), "clean_cost": clean_cost,
         "clean": clean_full,
         "contamination": {
             "fraction": len(moved) / dirty_cost["n_train"], "n_defective_in_train": len(moved), "n_train": dirty_cost["n_train"],
@@ -168,11 +194,7 @@ def main() -> None:
             "image_auroc_cost_points": 100 * (clean_reduced["image_auroc"] - dirty["image_auroc"]),
             "pixel_auroc_cost_points": 100 * (clean_reduced["pixel_auroc"] - dirty["pixel_auroc"]),
         },
-        "few_images": {
-            "n_train": args.few, "metrics": few_met, "cost": few_cost,
-            "image_auroc_cost_points": 100 * (clean_full["image_auroc"] - few_met["image_auroc"]),
-            "pixel_auroc_cost_points": 100 * (clean_full["pixel_auroc"] - few_met["pixel_auroc"]),
-        },
+        "few_images": few_entry,
         "commit": git_commit(), "created": now(), "work_dir": str(work),
     }
     write_json_atomic(OUT, results)

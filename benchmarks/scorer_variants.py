@@ -13,6 +13,11 @@ the test split. A variant is `key=value` pairs joined by `:` (`base` = no change
     ratio=R              coreset fraction (default 0.02)
     reduce=max|topk      image score: map maximum or mean of the top 1% of pixels
     border=B             image score ignores a B-pixel border
+    blur=SIGMA           map smoothing in pixels (default 4)
+    ctx=sub|cat          image context: subtract each image's mean feature (sub), or append it (cat)
+
+Each row also gives `uneven_pixel_auroc`, pixel AUROC within the MT_Uneven images alone (the
+class that holds about 72% of all defect pixels and caps the pooled pixel AUROC).
 
 Rows are appended to benchmarks/results/scorer-variants.json. The production path
 (`loupe bench quality`) is the reference; this script exists to find what moves it.
@@ -64,42 +69,47 @@ def taps(enc: Encoder, images: torch.Tensor) -> list[torch.Tensor]:
     return [torch.cat(o) for o in outs]
 
 
-def patches(tp: list[torch.Tensor], deep: str, agg: int, pad: str) -> torch.Tensor:
-    """Tap list -> patch features [N, D, 32, 32] (stage2 + the deep tap upsampled)."""
+def patches(tp: list[torch.Tensor], deep: str, agg: int, pad: str, ctx: str = "") -> torch.Tensor:
+    """Tap list -> patch features [N, D, 32, 32] (stage2 + the deep tap upsampled; ctx=cat: [N, 2D, ..])."""
     s2, d = tp[0].float(), tp[2 if deep == "stage4" else 1].float()
     if agg > 1:
         s2 = F.avg_pool2d(s2, agg, 1, agg // 2, count_include_pad=pad == "in")
         d = F.avg_pool2d(d, agg, 1, agg // 2, count_include_pad=pad == "in")
     d = F.interpolate(d, size=s2.shape[-2:], mode="bilinear", align_corners=False)
-    return torch.cat([s2, d], 1)
+    f = torch.cat([s2, d], 1)
+    mean = f.mean((2, 3), keepdim=True)  # [N, D, 1, 1]: the image's average patch
+    return f - mean if ctx == "sub" else torch.cat([f, mean.expand_as(f)], 1) if ctx == "cat" else f
 
 
 @torch.no_grad()
-def evaluate(tr: list[torch.Tensor], te: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray, *, deep: str = "stage4",
-             agg: int = 3, pad: str = "ex", ratio: float = 0.02, reduce: str = "max", border: int = 0) -> dict:
-    ft = torch.cat([patches([x[i : i + 64] for x in tr], deep, agg, pad).permute(0, 2, 3, 1).flatten(0, 2) for i in range(0, len(tr[0]), 64)])
+def evaluate(tr: list[torch.Tensor], te: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray, uneven: np.ndarray, *,
+             deep: str = "stage4", agg: int = 3, pad: str = "ex", ratio: float = 0.02, reduce: str = "max", border: int = 0,
+             blur: float = 4.0, ctx: str = "") -> dict:
+    ft = torch.cat([patches([x[i : i + 64] for x in tr], deep, agg, pad, ctx).permute(0, 2, 3, 1).flatten(0, 2)
+                    for i in range(0, len(tr[0]), 64)])
     k = math.ceil(ratio * ft.shape[0])
     sel = greedy_coreset(ft, k, generator=torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
     bank = ft[sel].contiguous()
     bsq = (bank * bank).sum(1)
     del ft
-    blur, maps = GaussianBlur(4.0), []
+    smooth, maps = GaussianBlur(blur), []
     for i in range(0, len(te[0]), 16):
-        f = patches([x[i : i + 16] for x in te], deep, agg, pad)
+        f = patches([x[i : i + 16] for x in te], deep, agg, pad, ctx)
         n, d, h, w = f.shape
         dist = nearest_distance(f.permute(0, 2, 3, 1).reshape(-1, d), bank, bsq, 4096).reshape(n, 1, h, w)
-        maps.append(blur(F.interpolate(dist, size=(S, S), mode="bilinear", align_corners=False))[:, 0])
+        maps.append(smooth(F.interpolate(dist, size=(S, S), mode="bilinear", align_corners=False))[:, 0])
     m = torch.cat(maps)
     ms = (m[:, border:-border, border:-border] if border else m).flatten(1)
     s = ms.max(1).values if reduce == "max" else ms.topk(max(1, ms.shape[1] // 100), dim=1).values.mean(1)
-    return {"image_auroc": round(image_auroc(labels, s.numpy()), 4), "pixel_auroc": round(pixel_auroc(masks, m.numpy()), 4), "bank": k}
+    return {"image_auroc": round(image_auroc(labels, s.numpy()), 4), "pixel_auroc": round(pixel_auroc(masks, m.numpy()), 4),
+            "uneven_pixel_auroc": round(pixel_auroc(masks[uneven], m.numpy()[uneven]), 4), "bank": k}
 
 
 def parse(spec: str) -> dict:
     if spec == "base":
         return {}
     kw = dict(item.split("=", 1) for item in spec.split(":"))
-    return {k: int(v) if k in ("agg", "border") else float(v) if k == "ratio" else v for k, v in kw.items()}
+    return {k: int(v) if k in ("agg", "border") else float(v) if k in ("ratio", "blur") else v for k, v in kw.items()}
 
 
 def main() -> None:
@@ -112,6 +122,7 @@ def main() -> None:
     train, _ = read_samples(args.manifest, "train", False, 1)
     test, _ = read_samples(args.manifest, "test", False, 1)
     labels, masks = np.array([s.label for s in test]), load_masks(test, S)
+    uneven = np.array([Path(s.image).parent.parent.name == "MT_Uneven" for s in test])
     if args.cache.is_file():
         tr, te = torch.load(args.cache, weights_only=True)
     else:
@@ -129,7 +140,7 @@ def main() -> None:
         rows = json.loads(OUT.read_text())["rows"]
     for spec in args.variants:
         t0 = time.perf_counter()
-        r = {"variant": spec, **evaluate(tr, te, labels, masks, **parse(spec)), "seconds": round(time.perf_counter() - t0),
+        r = {"variant": spec, **evaluate(tr, te, labels, masks, uneven, **parse(spec)), "seconds": round(time.perf_counter() - t0),
              "commit": git_commit()}
         print(r, flush=True)
         rows.append(r)

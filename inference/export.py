@@ -588,6 +588,9 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     from pipeline.scoring.fit import split_holdout
 
     cfg = inspector.cfg
+    if cfg.denoise_fraction > 0 or cfg.min_support > 1:  # both change the bank's size with the features: no fixed chunks to swap
+        raise ExportError(f"INT8 re-fit repeats the plain coreset only, and this run's scorer drops patches or rows "
+                          f"(denoise_fraction {cfg.denoise_fraction}, min_support {cfg.min_support})")
     model = onnx.load(str(int8_path))
     g = model.graph
     layout = graph_layout(model)
@@ -611,7 +614,8 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     if n_select != old_bank.shape[0]:
         raise ExportError(f"INT8 re-fit: these training images give a bank of {n_select} rows, the run's has {old_bank.shape[0]}; "
                           "pass the run's own data as --data")
-    sel = greedy_coreset(feats_t, n_select, generator=gen, proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk)
+    sel = greedy_coreset(feats_t, n_select, generator=gen, proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk,
+                         refine=cfg.coreset_refine)
     new_bank = feats_t[sel].numpy()
     new_sq = (new_bank.astype(np.float32) ** 2).sum(axis=1).astype(np.float32)
     # swap the bank chunks: each MatMul's B is bank[s:s+c].T for a chunk start s (a multiple of knn_chunk) ...

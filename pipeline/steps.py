@@ -139,7 +139,8 @@ def fit_step(run_dir: str | Path, data: str | Path, *, skip_bad: bool = False, p
         res = fit_inspector(encoder, images, cfg.scorer, progress=progress)
     summary = {
         "config": cfg.name, "n_images": len(samples), "n_bank_images": res.n_bank_images, "n_holdout_images": res.n_holdout_images,
-        "n_patches": res.n_patches, "bank_size": res.bank_size, "threshold_raw": res.threshold_raw,
+        "n_patches": res.n_patches, "bank_size": res.bank_size, "n_denoised": res.n_denoised, "n_unsupported": res.n_unsupported,
+        "threshold_raw": res.threshold_raw,
         # false-alarm rate at the threshold on the held-out good images that calibrated it (no labels needed)
         "holdout_false_alarm_rate": float(np.mean(np.asarray(res.holdout_scores) >= res.threshold_raw)) if res.holdout_scores else None,
         "data_fingerprint": fp, "pretrain_fingerprint": enc_meta.get("data_fingerprint"),

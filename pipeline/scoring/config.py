@@ -21,6 +21,7 @@ class ScorerConfig:
     coreset_chunk: int = 100_000  # greedy k-center runs per chunk of this many patches
     coreset_refine: float = 1.0  # >1: chunks keep refine x bank size, then one global pass (see coreset.py)
     denoise_fraction: float = 0.0  # drop this share of training patches farthest from the other images' (denoise.py); 0: off
+    min_support: int = 1  # drop bank rows nearest to patches of fewer distinct training images (support.py); 1: off
     knn_chunk: int = 4096  # memory-bank rows per matmul in the nearest-neighbour search
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     score_reduce: str = "max"  # image score = map max, or mean of the top `topk_fraction` pixels
@@ -38,5 +39,7 @@ class ScorerConfig:
             raise ValueError(f"projection {self.projection!r} needs feature_dim (the number of principal directions kept)")
         if not 0 <= self.denoise_fraction < 1:
             raise ValueError(f"denoise_fraction must be in [0, 1), got {self.denoise_fraction}")
+        if self.min_support < 1:
+            raise ValueError(f"min_support must be >= 1 (1 keeps every bank row), got {self.min_support}")
         if not 0 < self.coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")

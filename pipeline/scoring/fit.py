@@ -18,6 +18,7 @@ from pipeline.scoring.coreset import coreset_size, greedy_coreset
 from pipeline.scoring.denoise import cross_fit_distances, keep_mask
 from pipeline.scoring.inspector import Inspector
 from pipeline.scoring.projection import fit_pca
+from pipeline.scoring.support import row_support
 
 INSPECTOR_FILE = "inspector.pt"
 
@@ -35,6 +36,7 @@ class FitResult:
     coreset_seconds: float
     seconds: float
     n_denoised: int = 0  # patches dropped by cross-fitted denoising (denoise_fraction)
+    n_unsupported: int = 0  # coreset rows dropped for support below min_support
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -93,19 +95,27 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
         projection = fit_pca(feats, probe.proj_weight.shape[0], whiten=cfg.projection == "whiten")
         feats = torch.cat([torch.addmm(projection[1], x, projection[0].T) for x in feats.split(65536)])  # [P, D]
     n_patches = feats.shape[0]
+    image_of = torch.arange(len(bank_idx)).repeat_interleave(n_patches // len(bank_idx))  # [P]: bank image of each patch
     coreset_kw = dict(proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
     n_denoised = 0
     if cfg.denoise_fraction > 0:  # before the coreset, which would pick exactly those far-out patches first
         dist = cross_fit_distances(feats, len(bank_idx), cfg.coreset_ratio, cfg.max_bank, torch.Generator().manual_seed(cfg.seed + 1),
                                    **coreset_kw)
         keep = keep_mask(dist, cfg.denoise_fraction)
-        feats, n_denoised = feats[keep], int((~keep).sum())
+        feats, image_of, n_denoised = feats[keep], image_of[keep], int((~keep).sum())
     t_feat = time.perf_counter() - t0
     n_select = coreset_size(feats.shape[0], cfg.coreset_ratio, cfg.max_bank)
     t1 = time.perf_counter()
     sel = greedy_coreset(feats, n_select, generator=g, **coreset_kw)
+    n_unsupported = 0
+    if cfg.min_support > 1:  # rows seen in fewer images than that are likely one image's defect
+        supported = row_support(feats, image_of, feats[sel], bank_chunk=cfg.knn_chunk) >= cfg.min_support
+        if not supported.any():
+            raise ValueError(f"scorer.min_support {cfg.min_support}: no bank row is supported by that many of the "
+                             f"{len(bank_idx)} bank images; lower min_support or fit on more images")
+        sel, n_unsupported = sel[supported], int((~supported).sum())
     t_core = time.perf_counter() - t1
-    inspector = Inspector(encoder, cfg, bank_size=n_select).eval()
+    inspector = Inspector(encoder, cfg, bank_size=len(sel)).eval()
     if projection is not None:
         inspector.set_projection(*projection)
     inspector.set_bank(feats[sel])
@@ -115,8 +125,8 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     # float32 like the buffer it lands in, so storing it cannot round it onto a held-out score
     thr = calibrate_threshold(scores.astype(np.float32), cfg.target_false_alarm_rate)
     inspector.set_threshold(float(thr), float(maps.mean()))
-    return FitResult(inspector, n_patches, n_select, len(bank_idx), len(hold_idx), float(thr), scores.tolist(), t_feat, t_core, time.perf_counter() - t0,
-                     n_denoised)
+    return FitResult(inspector, n_patches, len(sel), len(bank_idx), len(hold_idx), float(thr), scores.tolist(), t_feat, t_core, time.perf_counter() - t0,
+                     n_denoised, n_unsupported)
 
 
 def save_inspector(inspector: Inspector, path: str | Path, meta: dict[str, Any]) -> Path:

@@ -1,0 +1,99 @@
+"""Contamination and the bank-row support filter on cached ImageNet Lite0 taps (MTD split).
+
+    python benchmarks/support_filter.py [--ratio 0.02] [--min-support 1 2]
+
+The contaminated training list of benchmarks/robustness.py (5% defective, seeded; the same 41
+images) on the features of benchmarks/scorer_variants.py (stage2 + stage4, zero-padded 3x3
+average, its tap cache): a greedy k-center bank of `--ratio` of the patches, clean and
+contaminated, each with the rows of support below each `--min-support` dropped
+(`pipeline.scoring.support.row_support`, as `scorer.min_support` does in the fit), scored on
+the reduced test list. Also reports how many bank rows came from the contaminating images.
+A quick harness (minutes, not the hour of a full robustness run) to find what keeps unlabeled
+defects out of the bank; rows go to benchmarks/results/support-filter.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from robustness import _absolute, contaminate  # noqa: E402
+from scorer_variants import MTD, S, GaussianBlur, F, greedy_coreset, image_auroc, load_masks, nearest_distance, patches, pixel_auroc, read_samples  # noqa: E402
+
+from pipeline.atomic import write_json_atomic  # noqa: E402
+from pipeline.scoring.support import row_support  # noqa: E402
+from pipeline.steps import git_commit  # noqa: E402
+
+OUT = ROOT / "benchmarks/results/support-filter.json"
+
+
+def feats(tp: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    """Patch features of the images `idx` -> [n, 152, 32, 32]."""
+    return torch.cat([patches([x[idx[i : i + 64]] for x in tp], "stage4", 3, "in") for i in range(0, len(idx), 64)])
+
+
+def score(bank: torch.Tensor, test: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> dict[str, float]:
+    bsq, blur, maps = (bank * bank).sum(1), GaussianBlur(4.0), []
+    for i in range(0, len(test), 16):
+        f = test[i : i + 16]
+        n, d, h, w = f.shape
+        dist = nearest_distance(f.permute(0, 2, 3, 1).reshape(-1, d), bank, bsq, 4096).reshape(n, 1, h, w)
+        maps.append(blur(F.interpolate(dist, size=(S, S), mode="bilinear", align_corners=False))[:, 0])
+    m = torch.cat(maps)
+    return {"image_auroc": round(image_auroc(labels, m.flatten(1).max(1).values.numpy()), 4), "pixel_auroc": round(pixel_auroc(masks, m.numpy()), 4)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ratio", type=float, default=0.02)
+    ap.add_argument("--min-support", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/loupe-lite0-taps.pt"), help="scorer_variants.py's tap cache (run it once first)")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    if not args.cache.is_file():
+        raise SystemExit(f"{args.cache} missing: run `python benchmarks/scorer_variants.py base` once to build the tap cache")
+    tr, te = torch.load(args.cache, weights_only=True)
+    split = json.loads(MTD.read_text())
+    split = {n: _absolute(MTD, split[n]) for n in ("train", "test")}
+    _, moved = contaminate(split, 0.05, 0)
+    moved_img = {r[0] for r in moved}
+    is_moved = torch.tensor([r[0] in moved_img for r in split["test"]])
+    test, _ = read_samples(MTD, "test", False, 1)
+    keep = (~is_moved).numpy()
+    labels, masks = np.array([s.label for s in test])[keep], load_masks(test, S)[keep]
+    f_test = feats(te, torch.nonzero(~is_moved).flatten())
+    f_clean = feats(tr, torch.arange(len(tr[0])))
+    sets = {"clean": f_clean, "contaminated": torch.cat([f_clean, feats(te, torch.nonzero(is_moved).flatten())])}
+    rows = []
+    for name, fb in sets.items():
+        t0 = time.perf_counter()
+        n, d, h, w = fb.shape
+        flat = fb.permute(0, 2, 3, 1).reshape(-1, d).contiguous()
+        sel = greedy_coreset(flat, math.ceil(args.ratio * len(flat)), generator=torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
+        bank = flat[sel].contiguous()
+        sup = row_support(flat, torch.arange(n).repeat_interleave(h * w), bank)
+        from_moved = int((sel // (h * w) >= len(f_clean)).sum())
+        del flat
+        for m in args.min_support:
+            r = {"train": name, "ratio": args.ratio, "min_support": m, "bank": int((sup >= m).sum()), "bank_before_filter": len(bank),
+                 "rows_from_contaminants": from_moved, "rows_support_1": int((sup == 1).sum()),
+                 **score(bank[sup >= m], f_test, labels, masks), "seconds": round(time.perf_counter() - t0), "commit": git_commit()}
+            print(r, flush=True)
+            rows.append(r)
+    old = json.loads(OUT.read_text())["rows"] if OUT.is_file() else []
+    write_json_atomic(OUT, {"benchmark": "support filter on cached ImageNet Lite0 taps, MTD split, 5% contaminated (robustness.py's 41 images), "
+                                         "reduced test list (541)", "rows": old + rows})
+
+
+if __name__ == "__main__":
+    main()
