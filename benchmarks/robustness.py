@@ -90,6 +90,11 @@ def few(split: dict[str, list], n: int, seed: int) -> dict[str, list]:
     return {"train": random.Random(seed).sample(split["train"], n), "test": split["test"]}
 
 
+def _tag(overrides: dict[str, Any]) -> str:
+    """{'scorer.min_support': 2} -> 'scorer.min_support=2': names a --set run's entry, fit folders and outputs."""
+    return ",".join(f"{k}={v}" for k, v in sorted(overrides.items()))
+
+
 def run(manifest: Path, run_dir: Path, config: str, overrides: dict[str, Any] | None = None) -> tuple[Path, dict[str, Any]]:
     """Pretrain and fit `config` on `manifest` -> (fitted run folder, cost).
 
@@ -98,7 +103,7 @@ def run(manifest: Path, run_dir: Path, config: str, overrides: dict[str, Any] | 
     """
     cfg = load_config(config, overrides)
     if (run_dir / "pretrain.json").is_file():
-        tag = ",".join(f"{k}={v}" for k, v in sorted((overrides or {}).items()))
+        tag = _tag(overrides or {})
         fitted = run_dir.with_name(run_dir.name + "-fit" + (f"-{tag}" if tag else ""))
         pre = reuse_pretraining(run_dir, fitted, cfg, manifest)
     else:
@@ -151,7 +156,9 @@ def main() -> None:
         if not eq:
             raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. scorer.min_support=2")
         overrides[key] = yaml.safe_load(value)
-    entry = args.config + ("/" + ",".join(f"{k}={v}" for k, v in sorted(overrides.items())) if overrides else "")
+    tag = _tag(overrides)
+    entry = args.config + (f"/{tag}" if tag else "")
+    sfx = f"-{tag}" if tag else ""  # evaluation outputs of a --set run next to, not over, the plain run's
     work = args.work or Path(tempfile.mkdtemp(prefix="loupe-robust-"))
     work.mkdir(parents=True, exist_ok=True)
     dirty_manifest, few_manifest, moved = write_manifests(args.manifest, work, args.fraction, args.few, args.seed)
@@ -165,17 +172,17 @@ def main() -> None:
         clean_run, clean_cost = run(args.manifest, work / "clean", args.config, overrides)
     clean_full = None
     if not args.contamination_only:
-        clean_full = metrics(clean_run, args.manifest, work / "clean-full.json")
+        clean_full = metrics(clean_run, args.manifest, work / f"clean-full{sfx}.json")
         print(_line("clean, full test", clean_full), flush=True)
-    clean_reduced = metrics(clean_run, dirty_manifest, work / "clean-reduced.json")
+    clean_reduced = metrics(clean_run, dirty_manifest, work / f"clean-reduced{sfx}.json")
     print(_line("clean, reduced test", clean_reduced), flush=True)
     dirty_run, dirty_cost = run(dirty_manifest, work / "contaminated", args.config, overrides)
-    dirty = metrics(dirty_run, dirty_manifest, work / "contaminated-metrics.json")
+    dirty = metrics(dirty_run, dirty_manifest, work / f"contaminated-metrics{sfx}.json")
     print(_line(f"{args.fraction:.0%} contaminated", dirty), flush=True)
     few_entry = None
     if clean_full is not None:
         few_run, few_cost = run(few_manifest, work / f"few{args.few}", args.config, overrides)
-        few_met = metrics(few_run, few_manifest, work / f"few{args.few}-metrics.json")
+        few_met = metrics(few_run, few_manifest, work / f"few{args.few}-metrics{sfx}.json")
         print(_line(f"{args.few} training images", few_met), flush=True)
         few_entry = {
             "n_train": args.few, "metrics": few_met, "cost": few_cost,
