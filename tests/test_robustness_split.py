@@ -57,3 +57,24 @@ def test_few_and_absolute_manifest_load(tmp_path: Path) -> None:
     assert rows == [[str(root / "good/a.png"), None, 0], [str(root / "crack/Imgs/b.png"), None, 1, "crack"]]
     (tmp_path / "m.json").write_text(json.dumps({"test": rows}))
     assert [s.defect_class for s in load_samples(tmp_path / "m.json", "test")] == ["good", "crack"]
+
+
+def test_set_override_refits_a_reused_pretraining_into_a_tagged_folder(tiny_data: Path, tmp_path: Path) -> None:
+    """`--set scorer.min_support=2` with the same --work: the pretraining is reused, the fit with the
+    override lands in RUN_DIR-fit-TAG, and the plain fit is left alone."""
+    import yaml
+
+    from pipeline.config import load_config
+    from pipeline.steps import pretrain_step
+
+    manifest = tiny_data / "split.json"
+    run_dir = tmp_path / "clean"
+    pretrain_step(manifest, run_dir, load_config("smoke"), progress=False)
+    overrides = {"scorer.min_support": 2}
+    assert robustness._tag(overrides) == "scorer.min_support=2"
+    fitted, cost = robustness.run(manifest, run_dir, "smoke", overrides)
+    assert fitted == tmp_path / "clean-fit-scorer.min_support=2"
+    assert yaml.safe_load((fitted / "config.yaml").read_text())["scorer"]["min_support"] == 2
+    fit = json.loads((fitted / "fit.json").read_text())
+    assert fit["bank_size"] == cost["bank_size"] and fit["n_unsupported"] >= 0
+    assert not (run_dir / "fit.json").exists()
