@@ -32,13 +32,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
-from pipeline.config import load_config  # noqa: E402
+from pipeline.config import load_config, parse_overrides  # noqa: E402
 from pipeline.steps import BENCH_KEYS, evaluate_step, fit_step, git_commit, now, pretrain_step, reuse_pretraining  # noqa: E402
 
 MTD = ROOT.parent / "shared/data/magnetic-tile-defects/split.json"
@@ -150,12 +148,10 @@ def main() -> None:
                     help="only the contamination comparison (skips the full-test clean score and the few-image run)")
     ap.add_argument("--manifests-only", action="store_true", help="write the two derived manifests into --work and stop")
     args = ap.parse_args()
-    overrides = {}
-    for item in args.overrides:
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. scorer.min_support=2")
-        overrides[key] = yaml.safe_load(value)
+    try:
+        overrides = parse_overrides(args.overrides)
+    except ValueError as err:
+        raise SystemExit(f"--set: {err}") from None
     tag = _tag(overrides)
     entry = args.config + (f"/{tag}" if tag else "")
     sfx = f"-{tag}" if tag else ""  # evaluation outputs of a --set run next to, not over, the plain run's

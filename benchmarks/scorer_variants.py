@@ -28,6 +28,7 @@ import argparse
 import math
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import cv2
@@ -82,6 +83,17 @@ def patches(tp: list[torch.Tensor], deep: str, agg: int, pad: str, ctx: str = ""
 
 
 @torch.no_grad()
+def anomaly_maps(test_batches: Iterable[torch.Tensor], bank: torch.Tensor, blur: float = 4.0) -> torch.Tensor:
+    """Patch features [n, D, h, w] per batch, bank [B, D] -> blurred nearest-neighbour maps [N, S, S]."""
+    bsq, smooth, maps = (bank * bank).sum(1), GaussianBlur(blur), []
+    for f in test_batches:
+        n, d, h, w = f.shape
+        dist = nearest_distance(f.permute(0, 2, 3, 1).reshape(-1, d), bank, bsq, 4096).reshape(n, 1, h, w)
+        maps.append(smooth(F.interpolate(dist, size=(S, S), mode="bilinear", align_corners=False))[:, 0])
+    return torch.cat(maps)
+
+
+@torch.no_grad()
 def evaluate(tr: list[torch.Tensor], te: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray, uneven: np.ndarray, *,
              deep: str = "stage4", agg: int = 3, pad: str = "ex", ratio: float = 0.02, reduce: str = "max", border: int = 0,
              blur: float = 4.0, ctx: str = "") -> dict:
@@ -90,15 +102,8 @@ def evaluate(tr: list[torch.Tensor], te: list[torch.Tensor], labels: np.ndarray,
     k = math.ceil(ratio * ft.shape[0])
     sel = greedy_coreset(ft, k, generator=torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
     bank = ft[sel].contiguous()
-    bsq = (bank * bank).sum(1)
     del ft
-    smooth, maps = GaussianBlur(blur), []
-    for i in range(0, len(te[0]), 16):
-        f = patches([x[i : i + 16] for x in te], deep, agg, pad, ctx)
-        n, d, h, w = f.shape
-        dist = nearest_distance(f.permute(0, 2, 3, 1).reshape(-1, d), bank, bsq, 4096).reshape(n, 1, h, w)
-        maps.append(smooth(F.interpolate(dist, size=(S, S), mode="bilinear", align_corners=False))[:, 0])
-    m = torch.cat(maps)
+    m = anomaly_maps((patches([x[i : i + 16] for x in te], deep, agg, pad, ctx) for i in range(0, len(te[0]), 16)), bank, blur)
     ms = (m[:, border:-border, border:-border] if border else m).flatten(1)
     s = ms.max(1).values if reduce == "max" else ms.topk(max(1, ms.shape[1] // 100), dim=1).values.mean(1)
     return {"image_auroc": round(image_auroc(labels, s.numpy()), 4), "pixel_auroc": round(pixel_auroc(masks, m.numpy()), 4),

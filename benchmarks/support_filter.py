@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from robustness import _absolute, contaminate  # noqa: E402
-from scorer_variants import MTD, S, GaussianBlur, F, greedy_coreset, image_auroc, load_masks, nearest_distance, patches, pixel_auroc, read_samples  # noqa: E402
+from scorer_variants import MTD, S, anomaly_maps, greedy_coreset, image_auroc, load_masks, patches, pixel_auroc, read_samples  # noqa: E402
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
 from pipeline.scoring.support import row_support  # noqa: E402
@@ -43,13 +43,7 @@ def feats(tp: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
 
 
 def score(bank: torch.Tensor, test: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> dict[str, float]:
-    bsq, blur, maps = (bank * bank).sum(1), GaussianBlur(4.0), []
-    for i in range(0, len(test), 16):
-        f = test[i : i + 16]
-        n, d, h, w = f.shape
-        dist = nearest_distance(f.permute(0, 2, 3, 1).reshape(-1, d), bank, bsq, 4096).reshape(n, 1, h, w)
-        maps.append(blur(F.interpolate(dist, size=(S, S), mode="bilinear", align_corners=False))[:, 0])
-    m = torch.cat(maps)
+    m = anomaly_maps(test.split(16), bank)
     return {"image_auroc": round(image_auroc(labels, m.flatten(1).max(1).values.numpy()), 4), "pixel_auroc": round(pixel_auroc(masks, m.numpy()), 4)}
 
 

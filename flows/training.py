@@ -84,9 +84,9 @@ class TrainingParams(BaseModel):
     @field_validator("overrides")
     @classmethod
     def _overrides(cls, v: list[str]) -> list[str]:
-        for item in v:
-            if "=" not in item or not item.split("=", 1)[0].strip():
-                raise ValueError(f"override {item!r} must be dotted.key=value, e.g. pretrain.epochs=3")
+        from pipeline.config import parse_overrides
+
+        parse_overrides(v)  # raises on an item that is not dotted.key=value
         return v
 
     def home_path(self) -> Path:
@@ -95,20 +95,9 @@ class TrainingParams(BaseModel):
         return Path(self.home).expanduser() if self.home else loupe_home()
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """["a.b=3", "c=[1, 2]"] -> {"a.b": 3, "c": [1, 2]} (values parsed as YAML)."""
-    import yaml
-
-    out = {}
-    for item in items:
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
 def resolve_config(params: TrainingParams) -> dict[str, Any]:
     """The run's config as a plain dict: the named config, then overrides, then --epochs."""
-    from pipeline.config import load_config, to_dict
+    from pipeline.config import load_config, parse_overrides, to_dict
 
     cfg = load_config(params.config, parse_overrides(params.overrides))
     if params.epochs is not None:

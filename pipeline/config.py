@@ -10,6 +10,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import yaml
@@ -72,6 +73,17 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return {k: conv(x) for k, x in v.items()}
         return v
     return conv(dataclasses.asdict(cfg))
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """["a.b=3", "c=[1, 2]"] -> {"a.b": 3, "c": [1, 2]} (values parsed as YAML), for `load_config`."""
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ValueError(f"override {item!r} must be dotted.key=value, e.g. pretrain.epochs=3")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def load_config(name_or_path: str | Path = "default", overrides: dict[str, Any] | None = None) -> LoupeConfig:

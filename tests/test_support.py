@@ -8,7 +8,8 @@ import torch
 
 from pipeline.scoring.config import ScorerConfig
 from pipeline.scoring.fit import fit_inspector, raw_maps
-from pipeline.scoring.support import nearest_row, row_support
+from pipeline.scoring.knn import nearest_row
+from pipeline.scoring.support import row_support
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -14,21 +14,7 @@ from __future__ import annotations
 
 import torch
 
-
-@torch.no_grad()
-def nearest_row(queries: torch.Tensor, bank: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
-    """queries [M, D], bank [B, D] -> index [M] (long) of each query's nearest bank row (chunked matmul)."""
-    bank_sq = (bank * bank).sum(dim=1)  # [B]
-    q2 = queries * -2.0
-    best_d = torch.full((queries.shape[0],), float("inf"))
-    best_i = torch.zeros(queries.shape[0], dtype=torch.long)
-    for s in range(0, bank.shape[0], chunk):
-        d = q2 @ bank[s : s + chunk].T + bank_sq[s : s + chunk]  # ||b||^2 - 2 q.b, [M, chunk]; ||q||^2 does not change the argmin
-        v, i = d.min(dim=1)
-        better = v < best_d  # strict: ties keep the earlier row, as a single argmin would
-        best_d = torch.where(better, v, best_d)
-        best_i = torch.where(better, i + s, best_i)
-    return best_i
+from pipeline.scoring.knn import nearest_row
 
 
 @torch.no_grad()
