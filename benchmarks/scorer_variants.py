@@ -10,14 +10,19 @@ the test split. A variant is `key=value` pairs joined by `:` (`base` = no change
     deep=stage3|stage4   the stride-16 tap concatenated to stage2 (default stage4)
     agg=K                K x K neighbourhood average (default 3; 1 = none)
     pad=ex|in            border average over valid cells (ex) or counting zero padding (in, PatchCore)
-    ratio=R              coreset fraction (default 0.02)
+    ratio=R              coreset fraction (default 0.02; 1 = every training patch, no coreset)
     reduce=max|topk      image score: map maximum or mean of the top 1% of pixels
     border=B             image score ignores a B-pixel border
     blur=SIGMA           map smoothing in pixels (default 4)
     ctx=sub|cat          image context: subtract each image's mean feature (sub), or append it (cat)
+    s5=W                 append the stride-32 stage5 tap (upsampled, scaled by W) for wider context
+    tta=h                average the test map with the map of the mirrored image (mirrored back)
 
 Each row also gives `uneven_pixel_auroc`, pixel AUROC within the MT_Uneven images alone (the
 class that holds about 72% of all defect pixels and caps the pooled pixel AUROC).
+
+--size Z resizes the images to Z x Z before the encoder (default 256, the configs' scorer
+size; its own tap cache); maps are still scored at 256 x 256, so rows compare.
 
 Rows are appended to benchmarks/results/scorer-variants.json. The production path
 (`loupe bench quality`) is the reference; this script exists to find what moves it.
@@ -62,15 +67,15 @@ def load(samples: list, size: int = S) -> torch.Tensor:
 
 @torch.no_grad()
 def taps(enc: Encoder, images: torch.Tensor) -> list[torch.Tensor]:
-    """-> [stage2 [N, 40, 32, 32], stage3 [N, 80, 16, 16], stage4 [N, 112, 16, 16]] as float16 (cache size)."""
-    outs: list[list[torch.Tensor]] = [[], [], []]
+    """-> [stage2 [N, 40, 32, 32], stage3 [N, 80, 16, 16], stage4 [N, 112, 16, 16], stage5 [N, 192, 8, 8]] as float16."""
+    outs: list[list[torch.Tensor]] = [[], [], [], []]
     for i in range(0, len(images), 16):
         for o, x in zip(outs, enc(images[i : i + 16].float() / 255)):
             o.append(x.half())
     return [torch.cat(o) for o in outs]
 
 
-def patches(tp: list[torch.Tensor], deep: str, agg: int, pad: str, ctx: str = "") -> torch.Tensor:
+def patches(tp: list[torch.Tensor], deep: str, agg: int, pad: str, ctx: str = "", s5: float = 0.0) -> torch.Tensor:
     """Tap list -> patch features [N, D, 32, 32] (stage2 + the deep tap upsampled; ctx=cat: [N, 2D, ..])."""
     s2, d = tp[0].float(), tp[2 if deep == "stage4" else 1].float()
     if agg > 1:
@@ -78,6 +83,8 @@ def patches(tp: list[torch.Tensor], deep: str, agg: int, pad: str, ctx: str = ""
         d = F.avg_pool2d(d, agg, 1, agg // 2, count_include_pad=pad == "in")
     d = F.interpolate(d, size=s2.shape[-2:], mode="bilinear", align_corners=False)
     f = torch.cat([s2, d], 1)
+    if s5:  # stage5 is already 8x8: no further averaging, just upsampled onto the stride-8 grid
+        f = torch.cat([f, s5 * F.interpolate(tp[3].float(), size=s2.shape[-2:], mode="bilinear", align_corners=False)], 1)
     mean = f.mean((2, 3), keepdim=True)  # [N, D, 1, 1]: the image's average patch
     return f - mean if ctx == "sub" else torch.cat([f, mean.expand_as(f)], 1) if ctx == "cat" else f
 
@@ -96,14 +103,21 @@ def anomaly_maps(test_batches: Iterable[torch.Tensor], bank: torch.Tensor, blur:
 @torch.no_grad()
 def evaluate(tr: list[torch.Tensor], te: list[torch.Tensor], labels: np.ndarray, masks: np.ndarray, uneven: np.ndarray, *,
              deep: str = "stage4", agg: int = 3, pad: str = "ex", ratio: float = 0.02, reduce: str = "max", border: int = 0,
-             blur: float = 4.0, ctx: str = "") -> dict:
-    ft = torch.cat([patches([x[i : i + 64] for x in tr], deep, agg, pad, ctx).permute(0, 2, 3, 1).flatten(0, 2)
+             blur: float = 4.0, ctx: str = "", s5: float = 0.0, tta: str = "", te_flip: list[torch.Tensor] | None = None) -> dict:
+    ft = torch.cat([patches([x[i : i + 64] for x in tr], deep, agg, pad, ctx, s5).permute(0, 2, 3, 1).flatten(0, 2)
                     for i in range(0, len(tr[0]), 64)])
     k = math.ceil(ratio * ft.shape[0])
-    sel = greedy_coreset(ft, k, generator=torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
-    bank = ft[sel].contiguous()
+    if ratio >= 1:  # every training patch: the upper bound any coreset approximates
+        bank = ft.contiguous()
+    else:
+        sel = greedy_coreset(ft, k, generator=torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
+        bank = ft[sel].contiguous()
     del ft
-    m = anomaly_maps((patches([x[i : i + 16] for x in te], deep, agg, pad, ctx) for i in range(0, len(te[0]), 16)), bank, blur)
+    m = anomaly_maps((patches([x[i : i + 16] for x in te], deep, agg, pad, ctx, s5) for i in range(0, len(te[0]), 16)), bank, blur)
+    if tta == "h":
+        assert te_flip is not None
+        mf = anomaly_maps((patches([x[i : i + 16] for x in te_flip], deep, agg, pad, ctx, s5) for i in range(0, len(te[0]), 16)), bank, blur)
+        m = (m + mf.flip(-1)) / 2
     ms = (m[:, border:-border, border:-border] if border else m).flatten(1)
     s = ms.max(1).values if reduce == "max" else ms.topk(max(1, ms.shape[1] // 100), dim=1).values.mean(1)
     return {"image_auroc": round(image_auroc(labels, s.numpy()), 4), "pixel_auroc": round(pixel_auroc(masks, m.numpy()), 4),
@@ -114,15 +128,17 @@ def parse(spec: str) -> dict:
     if spec == "base":
         return {}
     kw = dict(item.split("=", 1) for item in spec.split(":"))
-    return {k: int(v) if k in ("agg", "border") else float(v) if k in ("ratio", "blur") else v for k, v in kw.items()}
+    return {k: int(v) if k in ("agg", "border") else float(v) if k in ("ratio", "blur", "s5") else v for k, v in kw.items()}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("variants", nargs="+")
     ap.add_argument("--manifest", type=Path, default=MTD)
-    ap.add_argument("--cache", type=Path, default=Path("/tmp/loupe-lite0-taps.pt"), help="tap cache (about 500 MB)")
+    ap.add_argument("--cache", type=Path, default=None, help="tap cache (about 600 MB at 256; default /tmp/loupe-lite0-taps[-SIZE].pt)")
+    ap.add_argument("--size", type=int, default=S, help="encoder input size (maps are scored at 256 either way)")
     args = ap.parse_args()
+    args.cache = args.cache or Path(f"/tmp/loupe-lite0-taps{'' if args.size == S else f'-{args.size}'}.pt")
     torch.set_grad_enabled(False)
     train, _ = read_samples(args.manifest, "train", False, 1)
     test, _ = read_samples(args.manifest, "test", False, 1)
@@ -132,12 +148,24 @@ def main() -> None:
         tr, te = torch.load(args.cache, weights_only=True)
     else:
         cfg = load_config("imagenet-lite0")
-        cfg.encoder.taps = ("stage2", "stage3", "stage4")
+        cfg.encoder.taps = ("stage2", "stage3", "stage4", "stage5")
         enc = Encoder(cfg.encoder)
         load_init_weights(enc, resolve_init_weights(cfg, None))
         enc.eval()
-        tr, te = taps(enc, load(train)), taps(enc, load(test))
+        tr, te = taps(enc, load(train, args.size)), taps(enc, load(test, args.size))
         torch.save((tr, te), args.cache)
+    te_flip = None
+    if any("tta=h" in v for v in args.variants):
+        flip_cache = args.cache.with_name(args.cache.stem + "-mirrored.pt")
+        if flip_cache.is_file():
+            te_flip = torch.load(flip_cache, weights_only=True)
+        else:
+            cfg = load_config("imagenet-lite0")
+            cfg.encoder.taps = ("stage2", "stage3", "stage4", "stage5")
+            enc = Encoder(cfg.encoder)
+            load_init_weights(enc, resolve_init_weights(cfg, None))
+            te_flip = taps(enc.eval(), load(test, args.size).flip(-1))
+            torch.save(te_flip, flip_cache)
     rows = []
     if OUT.is_file():
         import json
@@ -145,7 +173,7 @@ def main() -> None:
         rows = json.loads(OUT.read_text())["rows"]
     for spec in args.variants:
         t0 = time.perf_counter()
-        r = {"variant": spec, **evaluate(tr, te, labels, masks, uneven, **parse(spec)), "seconds": round(time.perf_counter() - t0),
+        r = {"variant": spec + ("" if args.size == S else f":size={args.size}"), **evaluate(tr, te, labels, masks, uneven, te_flip=te_flip, **parse(spec)), "seconds": round(time.perf_counter() - t0),
              "commit": git_commit()}
         print(r, flush=True)
         rows.append(r)

@@ -1,6 +1,6 @@
 """Contamination and the bank-row support filter on cached ImageNet Lite0 taps (MTD split).
 
-    python benchmarks/support_filter.py [--ratio 0.02] [--min-support 1 2]
+    python benchmarks/support_filter.py [--ratio 0.02] [--min-support 1 2] [--trim 0 0.1]
 
 The contaminated training list of benchmarks/robustness.py (5% defective, seeded; the same 41
 images) on the features of benchmarks/scorer_variants.py (stage2 + stage4, zero-padded 3x3
@@ -8,12 +8,16 @@ average, its tap cache): a greedy k-center bank of `--ratio` of the patches, cle
 contaminated, each with the rows of support below each `--min-support` dropped
 (`pipeline.scoring.support.row_support`, as `scorer.min_support` does in the fit), scored on
 the reduced test list. Also reports how many bank rows came from the contaminating images.
+`--trim F` first drops the fraction F of training images with the highest cross-fitted image
+score (`pipeline.scoring.denoise.image_keep_mask`, as `scorer.trim_fraction` does in the fit;
+cross-fit banks at `--ratio`) and reports how many contaminating images it kept.
 A quick harness (minutes, not the hour of a full robustness run) to find what keeps unlabeled
 defects out of the bank; rows go to benchmarks/results/support-filter.json.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -32,6 +36,7 @@ from scorer_variants import MTD, S, anomaly_maps, greedy_coreset, image_auroc, l
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
 from pipeline.scoring.support import row_support  # noqa: E402
+from pipeline.scoring.denoise import image_keep_mask  # noqa: E402
 from pipeline.steps import git_commit  # noqa: E402
 
 OUT = ROOT / "benchmarks/results/support-filter.json"
@@ -51,6 +56,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ratio", type=float, default=0.02)
     ap.add_argument("--min-support", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--trim", type=float, nargs="+", default=[0.0],
+                    help="drop this fraction of training images, the highest cross-fitted image scores, before the bank")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/loupe-lite0-taps.pt"), help="scorer_variants.py's tap cache (run it once first)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -69,17 +76,25 @@ def main() -> None:
     f_clean = feats(tr, torch.arange(len(tr[0])))
     sets = {"clean": f_clean, "contaminated": torch.cat([f_clean, feats(te, torch.nonzero(is_moved).flatten())])}
     rows = []
-    for name, fb in sets.items():
+    for (name, fb_all), trim in itertools.product(sets.items(), args.trim):
         t0 = time.perf_counter()
+        kept = torch.arange(len(fb_all))
+        if trim:
+            n_all, d_all = fb_all.shape[:2]
+            keep_img = image_keep_mask(fb_all.permute(0, 2, 3, 1).reshape(-1, d_all).contiguous(), n_all, trim, args.ratio, 10**9,
+                                       torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
+            kept = torch.nonzero(keep_img).flatten()
+        fb = fb_all[kept]
         n, d, h, w = fb.shape
         flat = fb.permute(0, 2, 3, 1).reshape(-1, d).contiguous()
         sel = greedy_coreset(flat, math.ceil(args.ratio * len(flat)), generator=torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
         bank = flat[sel].contiguous()
         sup = row_support(flat, torch.arange(n).repeat_interleave(h * w), bank)
-        from_moved = int((sel // (h * w) >= len(f_clean)).sum())
+        from_moved = int((kept[sel // (h * w)] >= len(f_clean)).sum())
         del flat
         for m in args.min_support:
-            r = {"train": name, "ratio": args.ratio, "min_support": m, "bank": int((sup >= m).sum()), "bank_before_filter": len(bank),
+            r = {"train": name, "ratio": args.ratio, "min_support": m, "trim": trim, "images": n,
+                 "contaminants_kept": int((kept >= len(f_clean)).sum()) if name == "contaminated" else 0, "bank": int((sup >= m).sum()), "bank_before_filter": len(bank),
                  "rows_from_contaminants": from_moved, "rows_support_1": int((sup == 1).sum()),
                  **score(bank[sup >= m], f_test, labels, masks), "seconds": round(time.perf_counter() - t0), "commit": git_commit()}
             print(r, flush=True)

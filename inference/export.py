@@ -588,9 +588,9 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     from pipeline.scoring.fit import split_holdout
 
     cfg = inspector.cfg
-    if cfg.denoise_fraction > 0 or cfg.min_support > 1:  # both change the bank's size with the features: no fixed chunks to swap
-        raise ExportError(f"INT8 re-fit repeats the plain coreset only, and this run's scorer drops patches or rows "
-                          f"(denoise_fraction {cfg.denoise_fraction}, min_support {cfg.min_support})")
+    if cfg.trim_fraction > 0 or cfg.denoise_fraction > 0 or cfg.min_support > 1:  # all change the bank with the features: no fixed chunks to swap
+        raise ExportError(f"INT8 re-fit repeats the plain coreset only, and this run's scorer drops images, patches or rows "
+                          f"(trim_fraction {cfg.trim_fraction}, denoise_fraction {cfg.denoise_fraction}, min_support {cfg.min_support})")
     model = onnx.load(str(int8_path))
     g = model.graph
     layout = graph_layout(model)

@@ -140,6 +140,8 @@ def fit_step(run_dir: str | Path, data: str | Path, *, skip_bad: bool = False, p
     summary = {
         "config": cfg.name, "n_images": len(samples), "n_bank_images": res.n_bank_images, "n_holdout_images": res.n_holdout_images,
         "n_patches": res.n_patches, "bank_size": res.bank_size, "n_denoised": res.n_denoised, "n_unsupported": res.n_unsupported,
+        # images the fit judged defective-looking and kept out of the bank (trim_fraction): worth a human look
+        "n_trimmed": len(res.trimmed), "trimmed_images": [str(samples[i].image) for i in res.trimmed],
         "threshold_raw": res.threshold_raw,
         # false-alarm rate at the threshold on the held-out good images that calibrated it (no labels needed)
         "holdout_false_alarm_rate": float(np.mean(np.asarray(res.holdout_scores) >= res.threshold_raw)) if res.holdout_scores else None,

@@ -20,6 +20,7 @@ class ScorerConfig:
     coreset_proj_dim: int = 64  # random projection used only to *select* the coreset
     coreset_chunk: int = 100_000  # greedy k-center runs per chunk of this many patches
     coreset_refine: float = 1.0  # >1: chunks keep refine x bank size, then one global pass (see coreset.py)
+    trim_fraction: float = 0.0  # drop this share of bank images with the highest cross-fitted image score (denoise.py); 0: off
     denoise_fraction: float = 0.0  # drop this share of training patches farthest from the other images' (denoise.py); 0: off
     min_support: int = 1  # drop bank rows nearest to patches of fewer distinct training images (support.py); 1: off
     knn_chunk: int = 4096  # memory-bank rows per matmul in the nearest-neighbour search
@@ -37,6 +38,8 @@ class ScorerConfig:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.projection != "group" and self.feature_dim is None:
             raise ValueError(f"projection {self.projection!r} needs feature_dim (the number of principal directions kept)")
+        if not 0 <= self.trim_fraction < 1:
+            raise ValueError(f"trim_fraction must be in [0, 1), got {self.trim_fraction}")
         if not 0 <= self.denoise_fraction < 1:
             raise ValueError(f"denoise_fraction must be in [0, 1), got {self.denoise_fraction}")
         if self.min_support < 1:

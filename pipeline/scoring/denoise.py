@@ -9,7 +9,12 @@ loses more). Defects are rare and varied, so a defect patch is far from every *o
 patches, while normal surface finds its neighbours among them (SoftPatch, Jiang et al.,
 NeurIPS 2022, does this with LOF). Each half of the images is scored against a coreset of the
 other half, so no patch is scored against its own image, and the farthest `fraction` of all
-patches is dropped before the coreset is selected.
+patches is dropped before the coreset is selected (`denoise_fraction`).
+
+The same distances rank whole images: an image's largest patch distance is its cross-fitted
+anomaly score, and `trim_fraction` drops the highest-scoring share of the bank images before
+anything else (keep_mask over the image maxima). A patch-level cut takes rare normal surface
+from every image; an image-level cut takes every patch of a few images, defect and all.
 """
 from __future__ import annotations
 
@@ -44,6 +49,14 @@ def cross_fit_distances(feats: torch.Tensor, n_images: int, bank_ratio: float, m
         d = torch.cat([nearest_distance(c, bank, bank_sq) for c in q.split(query_chunk)])  # [len(mine) * P]
         out[mine] = d.view(len(mine), p)
     return out.reshape(-1)
+
+
+def image_keep_mask(feats: torch.Tensor, n_images: int, fraction: float, bank_ratio: float, max_bank: int,
+                    generator: torch.Generator, **coreset_kw) -> torch.Tensor:
+    """feats [n_images * P, D] (image-major) -> bool [n_images]: False for the floor(fraction * n_images)
+    images with the largest cross-fitted patch distance (their most anomalous patch)."""
+    dist = cross_fit_distances(feats, n_images, bank_ratio, max_bank, generator, **coreset_kw)
+    return keep_mask(dist.view(n_images, -1).amax(dim=1), fraction)
 
 
 def keep_mask(distances: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from pipeline.checkpoint import load_checkpoint, save_atomic
 from pipeline.metrics import calibrate_threshold
 from pipeline.scoring.config import ScorerConfig
 from pipeline.scoring.coreset import coreset_size, greedy_coreset
-from pipeline.scoring.denoise import cross_fit_distances, keep_mask
+from pipeline.scoring.denoise import cross_fit_distances, image_keep_mask, keep_mask
 from pipeline.scoring.inspector import Inspector
 from pipeline.scoring.projection import fit_pca
 from pipeline.scoring.support import row_support
@@ -26,9 +26,9 @@ INSPECTOR_FILE = "inspector.pt"
 @dataclass
 class FitResult:
     inspector: Inspector
-    n_patches: int  # training patches before denoising and the coreset
+    n_patches: int  # training patches before trimming, denoising and the coreset
     bank_size: int
-    n_bank_images: int
+    n_bank_images: int  # images whose patches fed the bank (after trim_fraction)
     n_holdout_images: int
     threshold_raw: float
     holdout_scores: list[float]  # raw image scores of the held-out good images
@@ -37,6 +37,7 @@ class FitResult:
     seconds: float
     n_denoised: int = 0  # patches dropped by cross-fitted denoising (denoise_fraction)
     n_unsupported: int = 0  # coreset rows dropped for support below min_support
+    trimmed: list[int] = field(default_factory=list)  # indices (into the fitted images) of bank images dropped by trim_fraction
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -97,9 +98,17 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     n_patches = feats.shape[0]
     image_of = torch.arange(len(bank_idx)).repeat_interleave(n_patches // len(bank_idx))  # [P]: bank image of each patch
     coreset_kw = dict(proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
+    n_img, trimmed = len(bank_idx), []
+    if cfg.trim_fraction > 0:  # whole images that look defective next to the other half: likely unlabeled defects
+        keep_img = image_keep_mask(feats, n_img, cfg.trim_fraction, cfg.coreset_ratio, cfg.max_bank,
+                                   torch.Generator().manual_seed(cfg.seed + 2), **coreset_kw)  # [n_img]
+        keep = keep_img[image_of]  # [P]
+        trimmed = bank_idx[~keep_img].tolist()
+        feats, image_of = feats[keep], torch.cumsum(keep_img, 0)[image_of[keep]] - 1  # image ids stay 0..kept-1
+        n_img = int(keep_img.sum())
     n_denoised = 0
     if cfg.denoise_fraction > 0:  # before the coreset, which would pick exactly those far-out patches first
-        dist = cross_fit_distances(feats, len(bank_idx), cfg.coreset_ratio, cfg.max_bank, torch.Generator().manual_seed(cfg.seed + 1),
+        dist = cross_fit_distances(feats, n_img, cfg.coreset_ratio, cfg.max_bank, torch.Generator().manual_seed(cfg.seed + 1),
                                    **coreset_kw)
         keep = keep_mask(dist, cfg.denoise_fraction)
         feats, image_of, n_denoised = feats[keep], image_of[keep], int((~keep).sum())
@@ -112,7 +121,7 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
         supported = row_support(feats, image_of, feats[sel], bank_chunk=cfg.knn_chunk) >= cfg.min_support
         if not supported.any():
             raise ValueError(f"scorer.min_support {cfg.min_support}: no bank row is supported by that many of the "
-                             f"{len(bank_idx)} bank images; lower min_support or fit on more images")
+                             f"{n_img} bank images; lower min_support or fit on more images")
         sel, n_unsupported = sel[supported], int((~supported).sum())
     t_core = time.perf_counter() - t1
     inspector = Inspector(encoder, cfg, bank_size=len(sel)).eval()
@@ -125,8 +134,8 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     # float32 like the buffer it lands in, so storing it cannot round it onto a held-out score
     thr = calibrate_threshold(scores.astype(np.float32), cfg.target_false_alarm_rate)
     inspector.set_threshold(float(thr), float(maps.mean()))
-    return FitResult(inspector, n_patches, len(sel), len(bank_idx), len(hold_idx), float(thr), scores.tolist(), t_feat, t_core, time.perf_counter() - t0,
-                     n_denoised, n_unsupported)
+    return FitResult(inspector, n_patches, len(sel), n_img, len(hold_idx), float(thr), scores.tolist(), t_feat, t_core, time.perf_counter() - t0,
+                     n_denoised, n_unsupported, trimmed)
 
 
 def save_inspector(inspector: Inspector, path: str | Path, meta: dict[str, Any]) -> Path:

@@ -1,0 +1,110 @@
+"""Image-level trimming (pipeline/scoring/denoise.py `image_keep_mask`, scorer.trim_fraction): against a
+naive reference, and on a contaminated synthetic training set, where it drops the planted defective images."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.scoring.config import ScorerConfig
+from pipeline.scoring.denoise import image_keep_mask
+from pipeline.scoring.fit import fit_inspector, raw_maps, split_holdout
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def naive_trim(feats: torch.Tensor, n_images: int, fraction: float, seed: int) -> set[int]:
+    """Images to drop: each image's score is its largest distance from a patch to the nearest patch of
+    the other half (halves from randperm(seed), as cross_fit_distances draws them); drop the top share."""
+    p = feats.shape[0] // n_images
+    perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed)).tolist()
+    half = {img: (0 if pos < n_images // 2 else 1) for pos, img in enumerate(perm)}
+    x = feats.double()
+    score = []
+    for a in range(n_images):
+        others = [j for j in range(feats.shape[0]) if half[j // p] != half[a]]
+        score.append(max(min(float((x[i] - x[j]).norm()) for j in others) for i in range(a * p, (a + 1) * p)))
+    k = math.floor(fraction * n_images)
+    return set(sorted(range(n_images), key=lambda a: -score[a])[:k])
+
+
+@pytest.mark.parametrize("n_images,p,d,fraction,seed", [(4, 3, 2, 0.25, 0), (9, 4, 3, 0.34, 1), (12, 5, 4, 0.5, 2), (6, 2, 2, 0.0, 3)])
+def test_image_keep_mask_matches_naive(n_images: int, p: int, d: int, fraction: float, seed: int) -> None:
+    feats = torch.randn(n_images * p, d, generator=torch.Generator().manual_seed(200 + seed))
+    # bank_ratio 1: the coreset is the whole other half, so the distances are exact
+    keep = image_keep_mask(feats, n_images, fraction, 1.0, 10_000, torch.Generator().manual_seed(seed), proj_dim=0)
+    assert keep.shape == (n_images,) and keep.dtype == torch.bool
+    assert set(torch.nonzero(~keep).flatten().tolist()) == naive_trim(feats, n_images, fraction, seed)
+
+
+def test_one_odd_patch_condemns_its_whole_image() -> None:
+    """Trimming ranks images by their worst patch: one far-out patch in an otherwise normal image is enough."""
+    g = torch.Generator().manual_seed(4)
+    n, p = 20, 16
+    feats = torch.randn(n * p, 4, generator=g)
+    feats[7 * p + 5] += 15.0
+    feats[13 * p + 0] -= 15.0
+    keep = image_keep_mask(feats, n, 0.1, 0.5, 10_000, torch.Generator().manual_seed(0), proj_dim=0)
+    assert torch.nonzero(~keep).flatten().tolist() == [7, 13]
+
+
+def test_config_rejects_bad_trim_fraction() -> None:
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="trim_fraction"):
+            ScorerConfig(trim_fraction=bad)
+
+
+def test_fit_trims_the_contaminating_images(spotted_training_set) -> None:  # noqa: ANN001
+    """Two of 24 'good' training images (4 and 17) carry spots; trimming 2 bank images drops exactly the
+    spotted ones that went to the bank, the bank keeps the rest, and spotted test frames score higher."""
+    enc, images, frames = spotted_training_set
+    s = images.shape[-1]
+    bank_idx, _ = split_holdout(images.shape[0], ScorerConfig().holdout_fraction, torch.Generator().manual_seed(0))
+    spotted_in_bank = {4, 17} & set(bank_idx.tolist())
+    assert spotted_in_bank, "fixture: a spotted image should reach the bank"
+    raw, res = {}, {}
+    for frac in (0.0, len(spotted_in_bank) / len(bank_idx)):
+        res[frac] = fit_inspector(enc, images, ScorerConfig(image_size=s, blur_sigma=2, coreset_ratio=0.1, trim_fraction=frac),
+                                  progress=False)
+        raw[frac] = res[frac].inspector.reduce(raw_maps(res[frac].inspector, frames))
+    plain, trimmed = res[0.0], res[frac]
+    assert plain.trimmed == [] and plain.n_bank_images == len(bank_idx)
+    assert set(trimmed.trimmed) == spotted_in_bank
+    assert trimmed.n_bank_images == len(bank_idx) - len(spotted_in_bank)
+    assert trimmed.n_patches == plain.n_patches  # counted before any trimming
+    assert raw[frac].mean() > raw[0.0].mean()
+
+
+def test_int8_refit_refuses_a_trimmed_bank(tmp_path) -> None:  # noqa: ANN001
+    from inference.export import ExportError, refit_int8
+    from models.encoder import Encoder, EncoderConfig
+    from pipeline.scoring.inspector import Inspector
+
+    enc = Encoder(EncoderConfig(arch="resnet18", in_channels=1, taps=("layer1",), mean=(0.5,), std=(0.25,)))
+    insp = Inspector(enc, ScorerConfig(image_size=32, trim_fraction=0.1), bank_size=4)
+    with pytest.raises(ExportError, match="trim_fraction 0.1"):
+        refit_int8(tmp_path / "model.int8.onnx", insp, np.zeros((4, 32, 32, 1), dtype=np.uint8))
+
+
+def test_fit_json_names_the_trimmed_images(tiny_data, tmp_path) -> None:  # noqa: ANN001
+    """`loupe fit` with scorer.trim_fraction writes how many bank images it trimmed and which files they are."""
+    import json
+
+    import yaml
+
+    from pipeline.steps import fit_step, pretrain_step
+
+    run = tmp_path / "run"
+    pretrain_step(tiny_data / "split.json", run, config="smoke", epochs=1, progress=False)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["scorer"]["trim_fraction"] = 0.25
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    summary = fit_step(run, tiny_data / "split.json", progress=False)
+    fit = json.loads((run / "fit.json").read_text())
+    assert fit["n_trimmed"] == len(fit["trimmed_images"]) == summary["n_trimmed"] > 0
+    n_before = fit["n_bank_images"] + fit["n_trimmed"]
+    assert fit["n_trimmed"] == math.floor(0.25 * n_before)
+    assert all(Path(p).is_file() for p in fit["trimmed_images"]) and len(set(fit["trimmed_images"])) == fit["n_trimmed"]
