@@ -75,6 +75,15 @@ def taps(enc: Encoder, images: torch.Tensor) -> list[torch.Tensor]:
     return [torch.cat(o) for o in outs]
 
 
+def tap_encoder() -> Encoder:
+    """The ImageNet Lite0 encoder of `imagenet-lite0`, tapped at stage2..stage5, in eval mode."""
+    cfg = load_config("imagenet-lite0")
+    cfg.encoder.taps = ("stage2", "stage3", "stage4", "stage5")
+    enc = Encoder(cfg.encoder)
+    load_init_weights(enc, resolve_init_weights(cfg, None))
+    return enc.eval()
+
+
 def patches(tp: list[torch.Tensor], deep: str, agg: int, pad: str, ctx: str = "", s5: float = 0.0) -> torch.Tensor:
     """Tap list -> patch features [N, D, 32, 32] (stage2 + the deep tap upsampled; ctx=cat: [N, 2D, ..])."""
     s2, d = tp[0].float(), tp[2 if deep == "stage4" else 1].float()
@@ -113,11 +122,13 @@ def evaluate(tr: list[torch.Tensor], te: list[torch.Tensor], labels: np.ndarray,
         sel = greedy_coreset(ft, k, generator=torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
         bank = ft[sel].contiguous()
     del ft
-    m = anomaly_maps((patches([x[i : i + 16] for x in te], deep, agg, pad, ctx, s5) for i in range(0, len(te[0]), 16)), bank, blur)
+    def test_maps(tp: list[torch.Tensor]) -> torch.Tensor:
+        return anomaly_maps((patches([x[i : i + 16] for x in tp], deep, agg, pad, ctx, s5) for i in range(0, len(tp[0]), 16)), bank, blur)
+
+    m = test_maps(te)
     if tta == "h":
         assert te_flip is not None
-        mf = anomaly_maps((patches([x[i : i + 16] for x in te_flip], deep, agg, pad, ctx, s5) for i in range(0, len(te[0]), 16)), bank, blur)
-        m = (m + mf.flip(-1)) / 2
+        m = (m + test_maps(te_flip).flip(-1)) / 2
     ms = (m[:, border:-border, border:-border] if border else m).flatten(1)
     s = ms.max(1).values if reduce == "max" else ms.topk(max(1, ms.shape[1] // 100), dim=1).values.mean(1)
     return {"image_auroc": round(image_auroc(labels, s.numpy()), 4), "pixel_auroc": round(pixel_auroc(masks, m.numpy()), 4),
@@ -147,11 +158,7 @@ def main() -> None:
     if args.cache.is_file():
         tr, te = torch.load(args.cache, weights_only=True)
     else:
-        cfg = load_config("imagenet-lite0")
-        cfg.encoder.taps = ("stage2", "stage3", "stage4", "stage5")
-        enc = Encoder(cfg.encoder)
-        load_init_weights(enc, resolve_init_weights(cfg, None))
-        enc.eval()
+        enc = tap_encoder()
         tr, te = taps(enc, load(train, args.size)), taps(enc, load(test, args.size))
         torch.save((tr, te), args.cache)
     te_flip = None
@@ -160,11 +167,7 @@ def main() -> None:
         if flip_cache.is_file():
             te_flip = torch.load(flip_cache, weights_only=True)
         else:
-            cfg = load_config("imagenet-lite0")
-            cfg.encoder.taps = ("stage2", "stage3", "stage4", "stage5")
-            enc = Encoder(cfg.encoder)
-            load_init_weights(enc, resolve_init_weights(cfg, None))
-            te_flip = taps(enc.eval(), load(test, args.size).flip(-1))
+            te_flip = taps(tap_encoder(), load(test, args.size).flip(-1))
             torch.save(te_flip, flip_cache)
     rows = []
     if OUT.is_file():

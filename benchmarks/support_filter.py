@@ -78,15 +78,14 @@ def main() -> None:
     rows = []
     for (name, fb_all), trim in itertools.product(sets.items(), args.trim):
         t0 = time.perf_counter()
-        kept = torch.arange(len(fb_all))
+        n_all, d, h, w = fb_all.shape
+        flat = fb_all.permute(0, 2, 3, 1).reshape(-1, d).contiguous()  # [n_all * h * w, d], image-major
+        kept = torch.arange(n_all)
         if trim:
-            n_all, d_all = fb_all.shape[:2]
-            keep_img = image_keep_mask(fb_all.permute(0, 2, 3, 1).reshape(-1, d_all).contiguous(), n_all, trim, args.ratio, 10**9,
-                                       torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
+            keep_img = image_keep_mask(flat, n_all, trim, args.ratio, 10**9, torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
             kept = torch.nonzero(keep_img).flatten()
-        fb = fb_all[kept]
-        n, d, h, w = fb.shape
-        flat = fb.permute(0, 2, 3, 1).reshape(-1, d).contiguous()
+            flat = flat.view(n_all, h * w, d)[kept].reshape(-1, d)
+        n = len(kept)
         sel = greedy_coreset(flat, math.ceil(args.ratio * len(flat)), generator=torch.Generator().manual_seed(0), proj_dim=64, chunk_size=20_000)
         bank = flat[sel].contiguous()
         sup = row_support(flat, torch.arange(n).repeat_interleave(h * w), bank)

@@ -96,16 +96,16 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
         projection = fit_pca(feats, probe.proj_weight.shape[0], whiten=cfg.projection == "whiten")
         feats = torch.cat([torch.addmm(projection[1], x, projection[0].T) for x in feats.split(65536)])  # [P, D]
     n_patches = feats.shape[0]
-    image_of = torch.arange(len(bank_idx)).repeat_interleave(n_patches // len(bank_idx))  # [P]: bank image of each patch
+    per_image = n_patches // len(bank_idx)
+    image_of = torch.arange(len(bank_idx)).repeat_interleave(per_image)  # [P]: bank image of each patch
     coreset_kw = dict(proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
     n_img, trimmed = len(bank_idx), []
     if cfg.trim_fraction > 0:  # whole images that look defective next to the other half: likely unlabeled defects
         keep_img = image_keep_mask(feats, n_img, cfg.trim_fraction, cfg.coreset_ratio, cfg.max_bank,
                                    torch.Generator().manual_seed(cfg.seed + 2), **coreset_kw)  # [n_img]
-        keep = keep_img[image_of]  # [P]
-        trimmed = bank_idx[~keep_img].tolist()
-        feats, image_of = feats[keep], torch.cumsum(keep_img, 0)[image_of[keep]] - 1  # image ids stay 0..kept-1
-        n_img = int(keep_img.sum())
+        trimmed, n_img = bank_idx[~keep_img].tolist(), int(keep_img.sum())
+        feats = feats[keep_img[image_of]]  # still image-major, kept images only
+        image_of = torch.arange(n_img).repeat_interleave(per_image)
     n_denoised = 0
     if cfg.denoise_fraction > 0:  # before the coreset, which would pick exactly those far-out patches first
         dist = cross_fit_distances(feats, n_img, cfg.coreset_ratio, cfg.max_bank, torch.Generator().manual_seed(cfg.seed + 1),
