@@ -84,6 +84,16 @@ def tap_encoder() -> Encoder:
     return enc.eval()
 
 
+def cached_taps(cache: Path, train: list, test: list, size: int = S) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(train taps, test taps) from `cache`, encoding the images and writing it first when missing."""
+    if cache.is_file():
+        return torch.load(cache, weights_only=True)
+    enc = tap_encoder()
+    tr, te = taps(enc, load(train, size)), taps(enc, load(test, size))
+    torch.save((tr, te), cache)
+    return tr, te
+
+
 def patches(tp: list[torch.Tensor], deep: str, agg: int, pad: str, ctx: str = "", s5: float = 0.0) -> torch.Tensor:
     """Tap list -> patch features [N, D, 32, 32] (stage2 + the deep tap upsampled; ctx=cat: [N, 2D, ..])."""
     s2, d = tp[0].float(), tp[2 if deep == "stage4" else 1].float()
@@ -155,12 +165,7 @@ def main() -> None:
     test, _ = read_samples(args.manifest, "test", False, 1)
     labels, masks = np.array([s.label for s in test]), load_masks(test, S)
     uneven = np.array([Path(s.image).parent.parent.name == "MT_Uneven" for s in test])
-    if args.cache.is_file():
-        tr, te = torch.load(args.cache, weights_only=True)
-    else:
-        enc = tap_encoder()
-        tr, te = taps(enc, load(train, args.size)), taps(enc, load(test, args.size))
-        torch.save((tr, te), args.cache)
+    tr, te = cached_taps(args.cache, train, test, args.size)
     te_flip = None
     if any("tta=h" in v for v in args.variants):
         flip_cache = args.cache.with_name(args.cache.stem + "-mirrored.pt")

@@ -123,6 +123,12 @@ def _echo_fit(summary: dict[str, Any], run_dir: Path) -> None:
         f"bank {summary['bank_size']} of {summary['n_patches']} patches, threshold {summary['threshold_raw']:.4g}, "
         f"{summary['seconds']:.1f} s"
     )
+    # training images the fit judged defective-looking: worth a person's look (their paths are in fit.json)
+    if summary.get("n_trimmed"):
+        typer.echo(f"  {summary['n_trimmed']} bank images looked defective and were left out of the bank: fit.json trimmed_images")
+    if summary.get("n_calibration_outliers"):
+        typer.echo(f"  {summary['n_calibration_outliers']} held-out images looked defective and did not set the threshold: "
+                   "fit.json calibration_outliers")
     typer.echo(f"  inspector: {run_dir / 'inspector.pt'}")
 
 

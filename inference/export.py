@@ -581,9 +581,10 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     the same seeded bank/holdout split of the same training frames [N, S, S, C] (all of
     them, in fit order), features of the bank images from the INT8 graph, the same greedy
     coreset, then the false-alarm threshold on the held-out images through the whole INT8
-    graph. The bank must keep its size (same data): else ExportError.
+    graph (gross outliers set aside by `calibration_fence`, as the fit does). The bank must
+    keep its size (same data): else ExportError.
     """
-    from pipeline.metrics import calibrate_threshold
+    from pipeline.metrics import robust_threshold
     from pipeline.scoring.coreset import coreset_size, greedy_coreset
     from pipeline.scoring.fit import split_holdout
 
@@ -651,8 +652,8 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     norm["norm_offset"].CopyFrom(numpy_helper.from_array(np.array(0.0, np.float32), "norm_offset"))
     norm["norm_scale"].CopyFrom(numpy_helper.from_array(np.array(1.0, np.float32), "norm_scale"))
     scores, maps = _ort_run(model, train_frames[hold_idx.numpy()], ["score", "anomaly_map"])
-    thr = float(calibrate_threshold(scores.astype(np.float32), cfg.target_false_alarm_rate))
-    offset = float(maps.mean())
+    thr, outlier = robust_threshold(scores, cfg.target_false_alarm_rate, cfg.calibration_fence)
+    offset = float(maps[~outlier].mean())
     scale = 0.5 / max(thr - offset, 1e-12)
     for name, value in (("norm_offset", offset), ("norm_scale", scale), ("threshold_raw", thr)):
         norm[name].CopyFrom(numpy_helper.from_array(np.array(value, np.float32), name))
@@ -660,7 +661,7 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     with atomic_open(int8_path) as f:
         f.write(data)
     return {"refit": True, "bank_rows": int(n_select), "bank_images": int(len(bank_idx)), "holdout_images": int(len(hold_idx)),
-            "threshold_raw": thr, "norm_offset": offset, "norm_scale": scale}
+            "threshold_raw": thr, "calibration_outliers": int(outlier.sum()), "norm_offset": offset, "norm_scale": scale}
 
 
 # ----------------------------------------------------------------------------- bundle
@@ -711,17 +712,23 @@ def calibration_scores(inspector: torch.nn.Module, data: str | Path, size: int, 
     Repeats the fit's seeded bank/holdout split (`pipeline.scoring.fit.split_holdout`) on
     `data`'s train images and scores the held-out ones with the fp32 inspector. Stored as
     bundle.json `calibration` {"scores", "images", "fingerprint", "same_data"}: the
-    reference distribution that live drift watch (`inference.drift`) compares with.
+    reference distribution that live drift watch (`inference.drift`) compares with. Held-out
+    images the fit set aside as likely defective (`calibration_fence`) are left out of it too
+    (`set_aside` counts them): the reference is the good parts' distribution.
     """
+    from pipeline.metrics import calibration_outliers
     from pipeline.scoring.fit import split_holdout
 
     frames, fp = training_frames(data, size, channels)
     _, hold = split_holdout(len(frames), inspector.cfg.holdout_fraction, torch.Generator().manual_seed(inspector.cfg.seed))
     held = frames[hold.numpy()]
-    with torch.no_grad():
-        scores = np.concatenate([inspector(torch.from_numpy(held[i : i + 16])).score.float().numpy() for i in range(0, len(held), 16)])
-    return {"scores": [round(float(x), 6) for x in scores], "images": int(len(scores)), "fingerprint": fp,
-            "same_data": fit_fingerprint is None or fp == fit_fingerprint}
+    with torch.no_grad():  # raw scores: the scale the fit applied the fence on
+        raw = torch.cat([inspector.reduce(inspector.raw_map(inspector.preprocess(torch.from_numpy(held[i : i + 16]))))
+                         for i in range(0, len(held), 16)])
+        scores = ((raw - inspector.norm_offset) * inspector.norm_scale).float().numpy()
+    drop = calibration_outliers(raw.numpy().astype(np.float32), inspector.cfg.calibration_fence)
+    return {"scores": [round(float(x), 6) for x in scores[~drop]], "images": int((~drop).sum()), "set_aside": int(drop.sum()),
+            "fingerprint": fp, "same_data": fit_fingerprint is None or fp == fit_fingerprint}
 
 
 def export_bundle(

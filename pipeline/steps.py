@@ -143,6 +143,9 @@ def fit_step(run_dir: str | Path, data: str | Path, *, skip_bad: bool = False, p
         # images the fit judged defective-looking and kept out of the bank (trim_fraction): worth a human look
         "n_trimmed": len(res.trimmed), "trimmed_images": [str(samples[i].image) for i in res.trimmed],
         "threshold_raw": res.threshold_raw,
+        # held-out images whose scores were gross outliers (calibration_fence) and did not set the threshold: likely defective
+        "n_calibration_outliers": len(res.calibration_outliers),
+        "calibration_outliers": [str(samples[i].image) for i in res.calibration_outliers],
         # false-alarm rate at the threshold on the held-out good images that calibrated it (no labels needed)
         "holdout_false_alarm_rate": float(np.mean(np.asarray(res.holdout_scores) >= res.threshold_raw)) if res.holdout_scores else None,
         "data_fingerprint": fp, "pretrain_fingerprint": enc_meta.get("data_fingerprint"),

@@ -7,6 +7,7 @@ matplotlib itself is only imported when a plot function is called.
 from __future__ import annotations
 
 from .aupro import aupro, pro_curve
+from .calibration import calibration_outliers, robust_threshold
 from .image import calibrate_threshold, f1_max, image_auroc, per_class_auroc, rates_at_threshold
 from .pixel import pixel_auroc
 from .plots import heatmap_grid, plot_roc
@@ -18,6 +19,8 @@ __all__ = [
     "rates_at_threshold",
     "per_class_auroc",
     "calibrate_threshold",
+    "calibration_outliers",
+    "robust_threshold",
     "pixel_auroc",
     "aupro",
     "pro_curve",

@@ -29,6 +29,7 @@ class ScorerConfig:
     topk_fraction: float = 0.01
     holdout_fraction: float = 0.1  # good training images held out of the bank to calibrate the threshold
     target_false_alarm_rate: float = 0.01
+    calibration_fence: float = 0.0  # >0: held-out scores above Q3 + fence * IQR of their logs (likely defective) skip the threshold quantile (metrics/calibration.py); 0: off
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -42,6 +43,8 @@ class ScorerConfig:
             raise ValueError(f"trim_fraction must be in [0, 1), got {self.trim_fraction}")
         if not 0 <= self.denoise_fraction < 1:
             raise ValueError(f"denoise_fraction must be in [0, 1), got {self.denoise_fraction}")
+        if self.calibration_fence < 0:
+            raise ValueError(f"calibration_fence must be >= 0 (0 calibrates on every held-out image), got {self.calibration_fence}")
         if self.min_support < 1:
             raise ValueError(f"min_support must be >= 1 (1 keeps every bank row), got {self.min_support}")
         if not 0 < self.coreset_ratio <= 1:

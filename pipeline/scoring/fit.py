@@ -6,13 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from models.encoder import Encoder, EncoderConfig
 from pipeline.checkpoint import load_checkpoint, save_atomic
-from pipeline.metrics import calibrate_threshold
+from pipeline.metrics import robust_threshold
 from pipeline.scoring.config import ScorerConfig
 from pipeline.scoring.coreset import coreset_size, greedy_coreset
 from pipeline.scoring.denoise import cross_fit_distances, image_keep_mask, keep_mask
@@ -38,6 +37,7 @@ class FitResult:
     n_denoised: int = 0  # patches dropped by cross-fitted denoising (denoise_fraction)
     n_unsupported: int = 0  # coreset rows dropped for support below min_support
     trimmed: list[int] = field(default_factory=list)  # indices (into the fitted images) of bank images dropped by trim_fraction
+    calibration_outliers: list[int] = field(default_factory=list)  # indices of held-out images set aside by calibration_fence
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -131,11 +131,11 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     del feats
     maps = raw_maps(inspector, images[hold_idx], progress=progress)
     scores = inspector.reduce(maps).numpy()
-    # float32 like the buffer it lands in, so storing it cannot round it onto a held-out score
-    thr = calibrate_threshold(scores.astype(np.float32), cfg.target_false_alarm_rate)
-    inspector.set_threshold(float(thr), float(maps.mean()))
-    return FitResult(inspector, n_patches, len(sel), n_img, len(hold_idx), float(thr), scores.tolist(), t_feat, t_core, time.perf_counter() - t0,
-                     n_denoised, n_unsupported, trimmed)
+    # held-out images may be unlabeled defects: gross outliers do not set the threshold (calibration_fence)
+    thr, outlier = robust_threshold(scores, cfg.target_false_alarm_rate, cfg.calibration_fence)
+    inspector.set_threshold(thr, float(maps[torch.from_numpy(~outlier)].mean()))
+    return FitResult(inspector, n_patches, len(sel), n_img, len(hold_idx), thr, scores.tolist(), t_feat, t_core, time.perf_counter() - t0,
+                     n_denoised, n_unsupported, trimmed, hold_idx[torch.from_numpy(outlier)].tolist())
 
 
 def save_inspector(inspector: Inspector, path: str | Path, meta: dict[str, Any]) -> Path:

@@ -1,0 +1,140 @@
+"""Threshold calibration when some held-out "good" images are defective (cached ImageNet Lite0 taps, MTD split).
+
+    python benchmarks/threshold.py [--ratio 0.02] [--seeds 0 1 2 3 4] [--fence 1.5 3 6] [--holdout 0.1]
+
+The fit holds out a tenth of the training images and calibrates the false-alarm threshold on
+their image scores. When the unlabeled training list holds defects (benchmarks/robustness.py's
+contaminated list: 5% defective, the same 41 images), some of them land in the held-out tenth
+and, being the highest scores there, set the threshold: recall at the threshold collapses.
+
+For each training list (clean, contaminated) and each holdout seed, this harness does what the
+fit does on the features of benchmarks/scorer_variants.py (stage2 + stage4, zero-padded 3x3
+average): `split_holdout` (`--holdout`), a greedy k-center bank of `--ratio` of the other images'
+patches, image score = maximum of the blurred map. It then calibrates the threshold for a 1%
+false-alarm target with each rule and reports the false-alarm rate and recall it gives on the
+reduced test list (good and defective test images, the 41 moved ones excluded):
+
+- `quantile`: the empirical quantile of all held-out scores (`calibrate_threshold`, the fit's rule
+  before `scorer.calibration_fence`);
+- `fence=K`: the same after dropping held-out scores above the upper fence of their log scores,
+  Q3 + K * IQR (`pipeline.metrics.calibration.calibration_outliers`, `scorer.calibration_fence`);
+- `gauss-mad`: median + z * 1.4826 * MAD of the log scores (a robust normal tail, for comparison).
+
+Rows go to benchmarks/results/threshold.json, one entry per `--holdout` share (the fit's
+`scorer.holdout_fraction`, 0.1 by default).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from robustness import _absolute, contaminate  # noqa: E402
+from scorer_variants import MTD, anomaly_maps, cached_taps, greedy_coreset, image_auroc, patches, read_samples  # noqa: E402
+
+from pipeline.atomic import write_json_atomic  # noqa: E402
+from pipeline.metrics import calibrate_threshold  # noqa: E402
+from pipeline.metrics.calibration import calibration_outliers  # noqa: E402
+from pipeline.scoring.fit import split_holdout  # noqa: E402
+from pipeline.steps import git_commit  # noqa: E402
+
+OUT = ROOT / "benchmarks/results/threshold.json"
+TARGET = 0.01
+
+
+def feats(tp: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
+    """Patch features of the images `idx` -> [n, 152, 32, 32]."""
+    return torch.cat([patches([x[idx[i : i + 64]] for x in tp], "stage4", 3, "in") for i in range(0, len(idx), 64)])
+
+
+def image_scores(f: torch.Tensor, bank: torch.Tensor) -> np.ndarray:
+    """Patch features [n, D, h, w] -> image scores [n] (maximum of the blurred map)."""
+    return anomaly_maps(f.split(16), bank).flatten(1).max(1).values.numpy()
+
+
+def thresholds(hold: np.ndarray, fences: list[float]) -> dict[str, tuple[float, int]]:
+    """Held-out scores [M] -> {rule: (threshold, held-out scores it set aside)}."""
+    hold32 = hold.astype(np.float32)
+    out = {"quantile": (calibrate_threshold(hold32, TARGET), 0)}
+    for k in fences:
+        drop = calibration_outliers(hold32, k)
+        out[f"fence={k:g}"] = (calibrate_threshold(hold32[~drop], TARGET), int(drop.sum()))
+    logs = np.log(hold)
+    med = np.median(logs)
+    mad = 1.4826 * np.median(np.abs(logs - med))
+    out["gauss-mad"] = (float(np.exp(med + NormalDist().inv_cdf(1 - TARGET) * mad)), 0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ratio", type=float, default=0.02)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="holdout splits")
+    ap.add_argument("--fence", type=float, nargs="+", default=[1.5, 3.0, 6.0])
+    ap.add_argument("--holdout", type=float, default=0.1, help="share of the training images held out (scorer.holdout_fraction)")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/loupe-lite0-taps.pt"), help="scorer_variants.py's tap cache (built when missing)")
+    args = ap.parse_args()
+    torch.set_grad_enabled(False)
+    train, _ = read_samples(MTD, "train", False, 1)
+    test, _ = read_samples(MTD, "test", False, 1)
+    tr, te = cached_taps(args.cache, train, test)
+    split = json.loads(MTD.read_text())
+    split = {n: _absolute(MTD, split[n]) for n in ("train", "test")}
+    _, moved = contaminate(split, 0.05, 0)
+    moved_img = {r[0] for r in moved}
+    is_moved = torch.tensor([r[0] in moved_img for r in split["test"]])
+    labels = np.array([s.label for s in test])[(~is_moved).numpy()]
+    f_test = feats(te, torch.nonzero(~is_moved).flatten())
+    f_clean = feats(tr, torch.arange(len(tr[0])))
+    sets = {"clean": f_clean, "contaminated": torch.cat([f_clean, feats(te, torch.nonzero(is_moved).flatten())])}
+    rows = []
+    for name, f_all in sets.items():
+        n_all = len(f_all)
+        for seed in args.seeds:
+            t0 = time.perf_counter()
+            bank_idx, hold_idx = split_holdout(n_all, args.holdout, torch.Generator().manual_seed(seed))
+            fb = f_all[bank_idx].permute(0, 2, 3, 1).reshape(-1, f_all.shape[1]).contiguous()
+            sel = greedy_coreset(fb, math.ceil(args.ratio * len(fb)), generator=torch.Generator().manual_seed(seed), proj_dim=64, chunk_size=20_000)
+            bank = fb[sel].contiguous()
+            del fb
+            hold, s_test = image_scores(f_all[hold_idx], bank), image_scores(f_test, bank)
+            defective_held = hold_idx >= len(f_clean)
+            base = {"train": name, "seed": seed, "ratio": args.ratio, "holdout": args.holdout, "n_holdout": len(hold_idx),
+                    "defective_in_holdout": int(defective_held.sum()), "image_auroc": round(image_auroc(labels, s_test), 4)}
+            for rule, (thr, n_drop) in thresholds(hold, args.fence).items():
+                r = {**base, "rule": rule, "set_aside": n_drop, "threshold": round(float(thr), 5),
+                     "false_alarm_rate": round(float(np.mean(s_test[labels == 0] >= thr)), 4),
+                     "recall": round(float(np.mean(s_test[labels == 1] >= thr)), 4),
+                     "holdout_defective_scores": [round(float(x), 4) for x in hold[defective_held.numpy()]],
+                     "holdout_good_max": round(float(hold[~defective_held.numpy()].max()), 4),
+                     "seconds": round(time.perf_counter() - t0), "commit": git_commit()}
+                print({k: v for k, v in r.items() if k != "commit"}, flush=True)
+                rows.append(r)
+    summary = {}
+    for train_set in sets:
+        for rule in dict.fromkeys(r["rule"] for r in rows):
+            sel_rows = [r for r in rows if r["train"] == train_set and r["rule"] == rule]
+            summary[f"{train_set}/{rule}"] = {"false_alarm_rate": round(float(np.mean([r["false_alarm_rate"] for r in sel_rows])), 4),
+                                             "recall": round(float(np.mean([r["recall"] for r in sel_rows])), 4),
+                                             "set_aside": round(float(np.mean([r["set_aside"] for r in sel_rows])), 2)}
+    for k, v in summary.items():
+        print(f"{k:>28}: {v}")
+    runs = json.loads(OUT.read_text())["runs"] if OUT.is_file() else {}
+    runs[f"holdout={args.holdout:g}"] = {"seeds": args.seeds, "summary": summary, "rows": rows}
+    write_json_atomic(OUT, {"benchmark": "threshold calibration with defective held-out images, cached ImageNet Lite0 taps, MTD split, "
+                                         "reduced test list (541), 1% false-alarm target, means over holdout seeds", "runs": runs})
+
+
+if __name__ == "__main__":
+    main()
