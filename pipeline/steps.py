@@ -146,6 +146,9 @@ def fit_step(run_dir: str | Path, data: str | Path, *, skip_bad: bool = False, p
         # held-out images whose scores were gross outliers (calibration_fence) and did not set the threshold: likely defective
         "n_calibration_outliers": len(res.calibration_outliers),
         "calibration_outliers": [str(samples[i].image) for i in res.calibration_outliers],
+        # every held-out image and its raw score, highest first: which images set (or were kept from setting) the threshold
+        "holdout_scores": [{"image": str(samples[i].image), "score": float(sc)}
+                           for i, sc in sorted(zip(res.holdout, res.holdout_scores), key=lambda t: -t[1])],
         # false-alarm rate at the threshold on the held-out good images that calibrated it (no labels needed)
         "holdout_false_alarm_rate": float(np.mean(np.asarray(res.holdout_scores) >= res.threshold_raw)) if res.holdout_scores else None,
         "data_fingerprint": fp, "pretrain_fingerprint": enc_meta.get("data_fingerprint"),

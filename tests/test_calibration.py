@@ -109,6 +109,10 @@ def test_fit_json_names_the_calibration_outliers(tiny_data, tmp_path) -> None:  
     assert fit["n_calibration_outliers"] == len(fit["calibration_outliers"]) > 0
     train = {str((tiny_data / r[0]).resolve()) for r in json.loads((tiny_data / "split.json").read_text())["train"]}
     assert {str(Path(p).resolve()) for p in fit["calibration_outliers"]} <= train
+    held = fit["holdout_scores"]  # every held-out image with its raw score, highest first
+    assert len(held) == fit["n_holdout_images"] and [h["score"] for h in held] == sorted((h["score"] for h in held), reverse=True)
+    assert {h["image"] for h in held[: fit["n_calibration_outliers"]]} == set(fit["calibration_outliers"])
+    assert held[fit["n_calibration_outliers"]]["score"] < fit["threshold_raw"]  # the highest kept score is not flagged
     # the set-aside images are flagged at the threshold they did not set
     assert fit["holdout_false_alarm_rate"] >= fit["n_calibration_outliers"] / fit["n_holdout_images"]
 

@@ -38,6 +38,7 @@ class FitResult:
     n_unsupported: int = 0  # coreset rows dropped for support below min_support
     trimmed: list[int] = field(default_factory=list)  # indices (into the fitted images) of bank images dropped by trim_fraction
     calibration_outliers: list[int] = field(default_factory=list)  # indices of held-out images set aside by calibration_fence
+    holdout: list[int] = field(default_factory=list)  # indices of the held-out images, in the order of holdout_scores
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -135,7 +136,7 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     thr, outlier = robust_threshold(scores, cfg.target_false_alarm_rate, cfg.calibration_fence)
     inspector.set_threshold(thr, float(maps[torch.from_numpy(~outlier)].mean()))
     return FitResult(inspector, n_patches, len(sel), n_img, len(hold_idx), thr, scores.tolist(), t_feat, t_core, time.perf_counter() - t0,
-                     n_denoised, n_unsupported, trimmed, hold_idx[torch.from_numpy(outlier)].tolist())
+                     n_denoised, n_unsupported, trimmed, hold_idx[torch.from_numpy(outlier)].tolist(), hold_idx.tolist())
 
 
 def save_inspector(inspector: Inspector, path: str | Path, meta: dict[str, Any]) -> Path:
