@@ -47,6 +47,22 @@ def feats(tp: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
     return torch.cat([patches([x[idx[i : i + 64]] for x in tp], "stage4", 3, "in") for i in range(0, len(idx), 64)])
 
 
+def training_sets(tr: list[torch.Tensor], te: list[torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]:
+    """Train and test taps -> ({"clean": [762, ..], "contaminated": [803, ..]} patch features, the reduced
+    test list's features, bool [582] over the test list: kept in it, i.e. not moved into training).
+
+    The contaminated list is robustness.py's (5% defective, seed 0): the clean images, then the moved ones.
+    """
+    split = json.loads(MTD.read_text())
+    split = {n: _absolute(MTD, split[n]) for n in ("train", "test")}
+    _, moved = contaminate(split, 0.05, 0)
+    moved_img = {r[0] for r in moved}
+    is_moved = torch.tensor([r[0] in moved_img for r in split["test"]])
+    f_clean = feats(tr, torch.arange(len(tr[0])))
+    sets = {"clean": f_clean, "contaminated": torch.cat([f_clean, feats(te, torch.nonzero(is_moved).flatten())])}
+    return sets, feats(te, torch.nonzero(~is_moved).flatten()), (~is_moved).numpy()
+
+
 def score(bank: torch.Tensor, test: torch.Tensor, labels: np.ndarray, masks: np.ndarray) -> dict[str, float]:
     m = anomaly_maps(test.split(16), bank)
     return {"image_auroc": round(image_auroc(labels, m.flatten(1).max(1).values.numpy()), 4), "pixel_auroc": round(pixel_auroc(masks, m.numpy()), 4)}
@@ -64,17 +80,10 @@ def main() -> None:
     if not args.cache.is_file():
         raise SystemExit(f"{args.cache} missing: run `python benchmarks/scorer_variants.py base` once to build the tap cache")
     tr, te = torch.load(args.cache, weights_only=True)
-    split = json.loads(MTD.read_text())
-    split = {n: _absolute(MTD, split[n]) for n in ("train", "test")}
-    _, moved = contaminate(split, 0.05, 0)
-    moved_img = {r[0] for r in moved}
-    is_moved = torch.tensor([r[0] in moved_img for r in split["test"]])
     test, _ = read_samples(MTD, "test", False, 1)
-    keep = (~is_moved).numpy()
+    sets, f_test, keep = training_sets(tr, te)
+    f_clean = sets["clean"]
     labels, masks = np.array([s.label for s in test])[keep], load_masks(test, S)[keep]
-    f_test = feats(te, torch.nonzero(~is_moved).flatten())
-    f_clean = feats(tr, torch.arange(len(tr[0])))
-    sets = {"clean": f_clean, "contaminated": torch.cat([f_clean, feats(te, torch.nonzero(is_moved).flatten())])}
     rows = []
     for (name, fb_all), trim in itertools.product(sets.items(), args.trim):
         t0 = time.perf_counter()

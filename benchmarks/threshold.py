@@ -40,22 +40,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from robustness import _absolute, contaminate  # noqa: E402
-from scorer_variants import MTD, anomaly_maps, cached_taps, greedy_coreset, image_auroc, patches, read_samples  # noqa: E402
+from scorer_variants import MTD, anomaly_maps, cached_taps, greedy_coreset, image_auroc, read_samples  # noqa: E402
+from support_filter import training_sets  # noqa: E402
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
-from pipeline.metrics import calibrate_threshold  # noqa: E402
-from pipeline.metrics.calibration import calibration_outliers  # noqa: E402
+from pipeline.metrics import robust_threshold  # noqa: E402
 from pipeline.scoring.fit import split_holdout  # noqa: E402
 from pipeline.steps import git_commit  # noqa: E402
 
 OUT = ROOT / "benchmarks/results/threshold.json"
 TARGET = 0.01
-
-
-def feats(tp: list[torch.Tensor], idx: torch.Tensor) -> torch.Tensor:
-    """Patch features of the images `idx` -> [n, 152, 32, 32]."""
-    return torch.cat([patches([x[idx[i : i + 64]] for x in tp], "stage4", 3, "in") for i in range(0, len(idx), 64)])
 
 
 def image_scores(f: torch.Tensor, bank: torch.Tensor) -> np.ndarray:
@@ -65,11 +59,10 @@ def image_scores(f: torch.Tensor, bank: torch.Tensor) -> np.ndarray:
 
 def thresholds(hold: np.ndarray, fences: list[float]) -> dict[str, tuple[float, int]]:
     """Held-out scores [M] -> {rule: (threshold, held-out scores it set aside)}."""
-    hold32 = hold.astype(np.float32)
-    out = {"quantile": (calibrate_threshold(hold32, TARGET), 0)}
-    for k in fences:
-        drop = calibration_outliers(hold32, k)
-        out[f"fence={k:g}"] = (calibrate_threshold(hold32[~drop], TARGET), int(drop.sum()))
+    out = {}
+    for name, k in [("quantile", 0.0)] + [(f"fence={k:g}", k) for k in fences]:  # fence 0: every held-out score
+        thr, drop = robust_threshold(hold, TARGET, k)
+        out[name] = (thr, int(drop.sum()))
     logs = np.log(hold)
     med = np.median(logs)
     mad = 1.4826 * np.median(np.abs(logs - med))
@@ -89,15 +82,9 @@ def main() -> None:
     train, _ = read_samples(MTD, "train", False, 1)
     test, _ = read_samples(MTD, "test", False, 1)
     tr, te = cached_taps(args.cache, train, test)
-    split = json.loads(MTD.read_text())
-    split = {n: _absolute(MTD, split[n]) for n in ("train", "test")}
-    _, moved = contaminate(split, 0.05, 0)
-    moved_img = {r[0] for r in moved}
-    is_moved = torch.tensor([r[0] in moved_img for r in split["test"]])
-    labels = np.array([s.label for s in test])[(~is_moved).numpy()]
-    f_test = feats(te, torch.nonzero(~is_moved).flatten())
-    f_clean = feats(tr, torch.arange(len(tr[0])))
-    sets = {"clean": f_clean, "contaminated": torch.cat([f_clean, feats(te, torch.nonzero(is_moved).flatten())])}
+    sets, f_test, keep = training_sets(tr, te)
+    n_clean = len(sets["clean"])
+    labels = np.array([s.label for s in test])[keep]
     rows = []
     for name, f_all in sets.items():
         n_all = len(f_all)
@@ -109,7 +96,7 @@ def main() -> None:
             bank = fb[sel].contiguous()
             del fb
             hold, s_test = image_scores(f_all[hold_idx], bank), image_scores(f_test, bank)
-            defective_held = hold_idx >= len(f_clean)
+            defective_held = hold_idx >= n_clean
             base = {"train": name, "seed": seed, "ratio": args.ratio, "holdout": args.holdout, "n_holdout": len(hold_idx),
                     "defective_in_holdout": int(defective_held.sum()), "image_auroc": round(image_auroc(labels, s_test), 4)}
             for rule, (thr, n_drop) in thresholds(hold, args.fence).items():

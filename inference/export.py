@@ -725,7 +725,7 @@ def calibration_scores(inspector: torch.nn.Module, data: str | Path, size: int, 
     with torch.no_grad():  # raw scores: the scale the fit applied the fence on
         raw = torch.cat([inspector.reduce(inspector.raw_map(inspector.preprocess(torch.from_numpy(held[i : i + 16]))))
                          for i in range(0, len(held), 16)])
-        scores = ((raw - inspector.norm_offset) * inspector.norm_scale).float().numpy()
+        scores = inspector.normalize(raw).float().numpy()
     drop = calibration_outliers(raw.numpy().astype(np.float32), inspector.cfg.calibration_fence)
     return {"scores": [round(float(x), 6) for x in scores[~drop]], "images": int((~drop).sum()), "set_aside": int(drop.sum()),
             "fingerprint": fp, "same_data": fit_fingerprint is None or fp == fit_fingerprint}

@@ -106,10 +106,13 @@ class Inspector(nn.Module):
         k = max(1, int(self.cfg.topk_fraction * flat.shape[1]))
         return flat.topk(k, dim=1).values.mean(dim=1)
 
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw map or score [N, ...] -> normalized (typical good pixel 0, threshold 0.5)."""
+        return (raw - self.norm_offset) * self.norm_scale
+
     def forward(self, frames: torch.Tensor) -> InspectorOutput:
         raw = self.raw_map(self.preprocess(frames))
         raw_score = self.reduce(raw)
-        amap = (raw - self.norm_offset) * self.norm_scale
-        score = (raw_score - self.norm_offset) * self.norm_scale
+        amap, score = self.normalize(raw), self.normalize(raw_score)
         # decide on the raw score: the normalized one can round onto 0.5 from either side
         return InspectorOutput(score, amap, raw_score >= self.threshold_raw)
