@@ -605,7 +605,11 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
         if len(consts) == 1:
             q_name = next(i for i in mul.input if i != consts[0])
     gen = torch.Generator().manual_seed(cfg.seed)
-    bank_idx, hold_idx = split_holdout(len(train_frames), cfg.holdout_fraction, gen)
+    loo = cfg.calibration == "leave_one_out"
+    if loo:  # every image feeds the bank; the threshold comes from a sample scored against the bank less its own rows
+        bank_idx = torch.arange(len(train_frames))
+    else:
+        bank_idx, hold_idx = split_holdout(len(train_frames), cfg.holdout_fraction, gen)
     inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     feat_model = onnx.utils.Extractor(inferred).extract_model([INPUT_NAME], [q_name])
     (feats,) = _ort_run(feat_model, train_frames[bank_idx.numpy()])
@@ -651,7 +655,21 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     norm = {name: inits[name] for name in ("norm_offset", "norm_scale", "threshold_raw")}
     norm["norm_offset"].CopyFrom(numpy_helper.from_array(np.array(0.0, np.float32), "norm_offset"))
     norm["norm_scale"].CopyFrom(numpy_helper.from_array(np.array(1.0, np.float32), "norm_scale"))
-    scores, maps = _ort_run(model, train_frames[hold_idx.numpy()], ["score", "anomaly_map"])
+    if loo:  # the fit's sample, its INT8 patch features against the INT8 bank less their own rows; the map's tail in fp32
+        from pipeline.scoring.leave_one_out import calibration_sample, leave_one_out_maps
+
+        n = len(train_frames)
+        with torch.no_grad():  # queries are [N * h * w, D], image-major: the patch grid from the fp32 inspector
+            h, w = inspector.patch_channels(inspector.preprocess(torch.from_numpy(train_frames[:1]))).shape[-2:]
+        image_of = torch.arange(n).repeat_interleave(h * w)  # [N * h * w]
+        hold_idx = calibration_sample(n, cfg.calibration_images, torch.Generator().manual_seed(cfg.seed + 3))
+        q_calib = feats_t.view(n, h * w, -1)[hold_idx].reshape(-1, feats_t.shape[1])
+        with torch.no_grad():
+            maps_t = leave_one_out_maps(q_calib, hold_idx, feats_t[sel], image_of[sel], (h, w), inspector.distance_map,
+                                        chunk=cfg.knn_chunk)
+            scores, maps = inspector.reduce(maps_t).numpy(), maps_t.numpy()
+    else:
+        scores, maps = _ort_run(model, train_frames[hold_idx.numpy()], ["score", "anomaly_map"])
     thr, outlier = robust_threshold(scores, cfg.target_false_alarm_rate, cfg.calibration_fence)
     offset = float(maps[~outlier].mean())
     scale = 0.5 / max(thr - offset, 1e-12)
@@ -706,7 +724,7 @@ def training_frames(data: str | Path, size: int, channels: int, limit: int | Non
 
 
 def calibration_scores(inspector: torch.nn.Module, data: str | Path, size: int, channels: int,
-                       fit_fingerprint: str | None = None) -> dict[str, Any]:
+                       fit_fingerprint: str | None = None, fit_scores: list[float] | None = None) -> dict[str, Any]:
     """Normalized scores (threshold 0.5) of the held-out good training images the threshold was calibrated on.
 
     Repeats the fit's seeded bank/holdout split (`pipeline.scoring.fit.split_holdout`) on
@@ -714,17 +732,26 @@ def calibration_scores(inspector: torch.nn.Module, data: str | Path, size: int, 
     bundle.json `calibration` {"scores", "images", "fingerprint", "same_data"}: the
     reference distribution that live drift watch (`inference.drift`) compares with. Held-out
     images the fit set aside as likely defective (`calibration_fence`) are left out of it too
-    (`set_aside` counts them): the reference is the good parts' distribution.
+    (`set_aside` counts them): the reference is the good parts' distribution. A run calibrated
+    leave-one-out (every image in the bank) has no held-out images to re-score: its fit's raw
+    leave-one-out scores (`fit_scores`, fit.json `holdout_scores`) are normalized instead.
     """
     from pipeline.metrics import calibration_outliers
     from pipeline.scoring.fit import split_holdout
 
     frames, fp = training_frames(data, size, channels)
-    _, hold = split_holdout(len(frames), inspector.cfg.holdout_fraction, torch.Generator().manual_seed(inspector.cfg.seed))
-    held = frames[hold.numpy()]
-    with torch.no_grad():  # raw scores: the scale the fit applied the fence on
-        raw = torch.cat([inspector.reduce(inspector.raw_map(inspector.preprocess(torch.from_numpy(held[i : i + 16]))))
-                         for i in range(0, len(held), 16)])
+    cfg = inspector.cfg
+    if cfg.calibration == "leave_one_out":  # every image is in the bank: re-score the fit's sample the fit's way
+        if fit_scores is None:
+            raise ExportError("this run calibrated leave-one-out; its fit.json holds no holdout_scores (re-run `loupe fit`)")
+        raw = torch.tensor([float(x) for x in fit_scores], dtype=torch.float32)
+    else:
+        _, hold = split_holdout(len(frames), cfg.holdout_fraction, torch.Generator().manual_seed(cfg.seed))
+        held = frames[hold.numpy()]
+        with torch.no_grad():  # raw scores: the scale the fit applied the fence on
+            raw = torch.cat([inspector.reduce(inspector.raw_map(inspector.preprocess(torch.from_numpy(held[i : i + 16]))))
+                             for i in range(0, len(held), 16)])
+    with torch.no_grad():
         scores = inspector.normalize(raw).float().numpy()
     drop = calibration_outliers(raw.numpy().astype(np.float32), inspector.cfg.calibration_fence)
     return {"scores": [round(float(x), 6) for x in scores[~drop]], "images": int((~drop).sum()), "set_aside": int(drop.sum()),
@@ -844,7 +871,8 @@ def export_bundle(
         calibration = None
         if data is not None:  # held-out good scores: the reference distribution of drift watch (inference.drift)
             say("scoring the held-out good images (calibration distribution)")
-            calibration = calibration_scores(inspector, data, s, c, fit_info.get("data_fingerprint"))
+            calibration = calibration_scores(inspector, data, s, c, fit_info.get("data_fingerprint"),
+                                             [h["score"] for h in fit_info.get("holdout_scores", [])] or None)
         manifest: dict[str, Any] = {
             "format": BUNDLE_FORMAT,
             "format_version": FORMAT_VERSION,

@@ -143,6 +143,8 @@ def fit_step(run_dir: str | Path, data: str | Path, *, skip_bad: bool = False, p
         # images the fit judged defective-looking and kept out of the bank (trim_fraction): worth a human look
         "n_trimmed": len(res.trimmed), "trimmed_images": [str(samples[i].image) for i in res.trimmed],
         "threshold_raw": res.threshold_raw,
+        # how the threshold's good scores were made: images held out of the bank, or bank images scored leave-one-out
+        "calibration": cfg.scorer.calibration,
         # held-out images whose scores were gross outliers (calibration_fence) and did not set the threshold: likely defective
         "n_calibration_outliers": len(res.calibration_outliers),
         "calibration_outliers": [str(samples[i].image) for i in res.calibration_outliers],

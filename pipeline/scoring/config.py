@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 SCORE_REDUCTIONS = ("max", "topk")
 PROJECTIONS = ("group", "pca", "whiten")  # see projection.py
+CALIBRATIONS = ("holdout", "leave_one_out")  # see fit.py and leave_one_out.py
 
 
 @dataclass
@@ -27,7 +28,12 @@ class ScorerConfig:
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     score_reduce: str = "max"  # image score = map max, or mean of the top `topk_fraction` pixels
     topk_fraction: float = 0.01
-    holdout_fraction: float = 0.1  # good training images held out of the bank to calibrate the threshold
+    # holdout: holdout_fraction of the good training images stay out of the bank and calibrate the threshold;
+    # leave_one_out: every image feeds the bank, and up to calibration_images of them are scored against the
+    # bank less their own rows (leave_one_out.py)
+    calibration: str = "holdout"
+    holdout_fraction: float = 0.1  # good training images held out of the bank to calibrate the threshold (holdout)
+    calibration_images: int = 300  # leave_one_out: images scored for the threshold (a seeded sample; <= 0: all)
     target_false_alarm_rate: float = 0.01
     calibration_fence: float = 0.0  # >0: held-out scores above Q3 + fence * IQR of their logs (likely defective) skip the threshold quantile (metrics/calibration.py); 0: off
     seed: int = 0
@@ -35,6 +41,8 @@ class ScorerConfig:
     def __post_init__(self) -> None:
         if self.score_reduce not in SCORE_REDUCTIONS:
             raise ValueError(f"score_reduce must be one of {SCORE_REDUCTIONS}, got {self.score_reduce!r}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"calibration must be one of {CALIBRATIONS}, got {self.calibration!r}")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {self.projection!r}")
         if self.projection != "group" and self.feature_dim is None:

@@ -16,6 +16,7 @@ from pipeline.scoring.config import ScorerConfig
 from pipeline.scoring.coreset import coreset_size, greedy_coreset
 from pipeline.scoring.denoise import cross_fit_distances, image_keep_mask, keep_mask
 from pipeline.scoring.inspector import Inspector
+from pipeline.scoring.leave_one_out import calibration_sample, leave_one_out_maps
 from pipeline.scoring.projection import fit_pca
 from pipeline.scoring.support import row_support
 
@@ -28,9 +29,9 @@ class FitResult:
     n_patches: int  # training patches before trimming, denoising and the coreset
     bank_size: int
     n_bank_images: int  # images whose patches fed the bank (after trim_fraction)
-    n_holdout_images: int
+    n_holdout_images: int  # images whose scores calibrated the threshold (held out, or scored leave-one-out)
     threshold_raw: float
-    holdout_scores: list[float]  # raw image scores of the held-out good images
+    holdout_scores: list[float]  # raw image scores of those calibration images
     feature_seconds: float
     coreset_seconds: float
     seconds: float
@@ -38,7 +39,8 @@ class FitResult:
     n_unsupported: int = 0  # coreset rows dropped for support below min_support
     trimmed: list[int] = field(default_factory=list)  # indices (into the fitted images) of bank images dropped by trim_fraction
     calibration_outliers: list[int] = field(default_factory=list)  # indices of held-out images set aside by calibration_fence
-    holdout: list[int] = field(default_factory=list)  # indices of the held-out images, in the order of holdout_scores
+    holdout: list[int] = field(default_factory=list)  # indices of the calibration images, in the order of holdout_scores
+    row_image: torch.Tensor | None = None  # [bank_size] long: the image (index into the fitted images) each bank row came from
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -81,15 +83,23 @@ def split_holdout(n: int, fraction: float, generator: torch.Generator) -> tuple[
 def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, progress: bool = True) -> FitResult:
     """Build a calibrated `Inspector` from good images uint8 [N, C, S, S].
 
-    Bank images give the memory bank (coreset of their patch features); held-out
-    good images give the false-alarm threshold (no defect labels needed).
+    Bank images give the memory bank (coreset of their patch features); the false-alarm
+    threshold comes from good images the bank has not seen (no defect labels needed): held
+    out of the bank (`calibration: holdout`), or every image in the bank and a sample scored
+    against the bank less its own rows (`leave_one_out`).
     """
     if images.shape[-1] != cfg.image_size or images.shape[-2] != cfg.image_size:
         raise ValueError(f"fit expects images resized to {cfg.image_size}, got {tuple(images.shape[-2:])}")
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(cfg.seed)
     encoder.eval()
-    bank_idx, hold_idx = split_holdout(images.shape[0], cfg.holdout_fraction, g)
+    loo = cfg.calibration == "leave_one_out"
+    if loo:
+        if images.shape[0] < 2:
+            raise ValueError("leave-one-out calibration needs at least 2 good training images")
+        bank_idx = torch.arange(images.shape[0])
+    else:
+        bank_idx, hold_idx = split_holdout(images.shape[0], cfg.holdout_fraction, g)
     probe = Inspector(encoder, cfg, bank_size=1).eval()
     feats = extract_patch_features(probe, images[bank_idx], progress=progress, project=False)  # [P, C_p]
     projection = None
@@ -100,13 +110,16 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     per_image = n_patches // len(bank_idx)
     image_of = torch.arange(len(bank_idx)).repeat_interleave(per_image)  # [P]: bank image of each patch
     coreset_kw = dict(proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
-    n_img, trimmed = len(bank_idx), []
+    n_img, trimmed, kept = len(bank_idx), [], bank_idx  # kept[i]: the image index of kept bank image i
     if cfg.trim_fraction > 0:  # whole images that look defective next to the other half: likely unlabeled defects
         keep_img = image_keep_mask(feats, n_img, cfg.trim_fraction, cfg.coreset_ratio, cfg.max_bank,
                                    torch.Generator().manual_seed(cfg.seed + 2), **coreset_kw)  # [n_img]
-        trimmed, n_img = bank_idx[~keep_img].tolist(), int(keep_img.sum())
+        trimmed, n_img, kept = bank_idx[~keep_img].tolist(), int(keep_img.sum()), bank_idx[keep_img]
         feats = feats[keep_img[image_of]]  # still image-major, kept images only
         image_of = torch.arange(n_img).repeat_interleave(per_image)
+    if loo:  # the calibration images' full patch grids, kept before denoising thins the patches
+        calib = calibration_sample(n_img, cfg.calibration_images, torch.Generator().manual_seed(cfg.seed + 3))  # [n] kept-image ids
+        calib_feats = feats.view(n_img, per_image, -1)[calib].reshape(-1, feats.shape[1])
     n_denoised = 0
     if cfg.denoise_fraction > 0:  # before the coreset, which would pick exactly those far-out patches first
         dist = cross_fit_distances(feats, n_img, cfg.coreset_ratio, cfg.max_bank, torch.Generator().manual_seed(cfg.seed + 1),
@@ -129,14 +142,23 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     if projection is not None:
         inspector.set_projection(*projection)
     inspector.set_bank(feats[sel])
+    row_image = image_of[sel]  # [B] kept-image id of each bank row
+    if loo:
+        hold_idx = kept[calib]
+        with torch.no_grad():
+            grid = tuple(probe.patch_channels(images[:1].float() / 255.0).shape[-2:])
+        maps = leave_one_out_maps(calib_feats, calib, feats[sel], row_image, grid, inspector.distance_map, chunk=cfg.knn_chunk)
+        del calib_feats
+    else:
+        maps = raw_maps(inspector, images[hold_idx], progress=progress)
     del feats
-    maps = raw_maps(inspector, images[hold_idx], progress=progress)
     scores = inspector.reduce(maps).numpy()
     # held-out images may be unlabeled defects: gross outliers do not set the threshold (calibration_fence)
     thr, outlier = robust_threshold(scores, cfg.target_false_alarm_rate, cfg.calibration_fence)
     inspector.set_threshold(thr, float(maps[torch.from_numpy(~outlier)].mean()))
     return FitResult(inspector, n_patches, len(sel), n_img, len(hold_idx), thr, scores.tolist(), t_feat, t_core, time.perf_counter() - t0,
-                     n_denoised, n_unsupported, trimmed, hold_idx[torch.from_numpy(outlier)].tolist(), hold_idx.tolist())
+                     n_denoised, n_unsupported, trimmed, hold_idx[torch.from_numpy(outlier)].tolist(), hold_idx.tolist(),
+                     kept[row_image])
 
 
 def save_inspector(inspector: Inspector, path: str | Path, meta: dict[str, Any]) -> Path:

@@ -94,6 +94,10 @@ class Inspector(nn.Module):
         n, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(n * h * w, d)  # [N*h*w, D]
         dist = nearest_distance(q, self.memory_bank, self.bank_sq, self.cfg.knn_chunk).reshape(n, 1, h, w)
+        return self.distance_map(dist)
+
+    def distance_map(self, dist: torch.Tensor) -> torch.Tensor:
+        """Patch distances [N, 1, h, w] -> unnormalized anomaly map [N, S, S] (upsampled, smoothed)."""
         s = self.cfg.image_size
         dist = F.interpolate(dist, size=(s, s), mode="bilinear", align_corners=False)
         return self.blur(dist)[:, 0]
