@@ -1,6 +1,7 @@
 """Threshold calibration when some held-out "good" images are defective (cached ImageNet Lite0 taps, MTD split).
 
     python benchmarks/threshold.py [--ratio 0.02] [--seeds 0 1 2 3 4] [--fence 1.5 3 6] [--holdout 0.1]
+    python benchmarks/threshold.py --leave-one-out [--calibration-images 300]
 
 The fit holds out a tenth of the training images and calibrates the false-alarm threshold on
 their image scores. When the unlabeled training list holds defects (benchmarks/robustness.py's
@@ -20,8 +21,13 @@ reduced test list (good and defective test images, the 41 moved ones excluded):
   Q3 + K * IQR (`pipeline.metrics.calibration.calibration_outliers`, `scorer.calibration_fence`);
 - `gauss-mad`: median + z * 1.4826 * MAD of the log scores (a robust normal tail, for comparison).
 
+`--leave-one-out` does what `scorer.calibration: leave_one_out` does instead: every image feeds
+the bank (seeded coreset per seed), and `--calibration-images` of them (a seeded sample; 0: all)
+are scored against the bank less their own rows (`pipeline.scoring.leave_one_out`); the same
+rules then set the threshold from those scores.
+
 Rows go to benchmarks/results/threshold.json, one entry per `--holdout` share (the fit's
-`scorer.holdout_fraction`, 0.1 by default).
+`scorer.holdout_fraction`, 0.1 by default), or `leave_one_out=N` for N calibration images.
 """
 from __future__ import annotations
 
@@ -35,17 +41,20 @@ from statistics import NormalDist
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from scorer_variants import MTD, anomaly_maps, cached_taps, greedy_coreset, image_auroc, read_samples  # noqa: E402
+from scorer_variants import MTD, S, anomaly_maps, cached_taps, greedy_coreset, image_auroc, read_samples  # noqa: E402
 from support_filter import training_sets  # noqa: E402
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
 from pipeline.metrics import robust_threshold  # noqa: E402
 from pipeline.scoring.fit import split_holdout  # noqa: E402
+from pipeline.scoring.gaussian import GaussianBlur  # noqa: E402
+from pipeline.scoring.leave_one_out import calibration_sample, leave_one_out_maps  # noqa: E402
 from pipeline.steps import git_commit  # noqa: E402
 
 OUT = ROOT / "benchmarks/results/threshold.json"
@@ -76,6 +85,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="holdout splits")
     ap.add_argument("--fence", type=float, nargs="+", default=[1.5, 3.0, 6.0])
     ap.add_argument("--holdout", type=float, default=0.1, help="share of the training images held out (scorer.holdout_fraction)")
+    ap.add_argument("--leave-one-out", action="store_true", help="every image in the bank; calibrate on leave-one-out scores")
+    ap.add_argument("--calibration-images", type=int, default=300, help="--leave-one-out: images scored (0: all)")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/loupe-lite0-taps.pt"), help="scorer_variants.py's tap cache (built when missing)")
     args = ap.parse_args()
     torch.set_grad_enabled(False)
@@ -90,14 +101,29 @@ def main() -> None:
         n_all = len(f_all)
         for seed in args.seeds:
             t0 = time.perf_counter()
-            bank_idx, hold_idx = split_holdout(n_all, args.holdout, torch.Generator().manual_seed(seed))
+            if args.leave_one_out:
+                bank_idx = torch.arange(n_all)
+                hold_idx = calibration_sample(n_all, args.calibration_images, torch.Generator().manual_seed(seed + 3))
+            else:
+                bank_idx, hold_idx = split_holdout(n_all, args.holdout, torch.Generator().manual_seed(seed))
             fb = f_all[bank_idx].permute(0, 2, 3, 1).reshape(-1, f_all.shape[1]).contiguous()
             sel = greedy_coreset(fb, math.ceil(args.ratio * len(fb)), generator=torch.Generator().manual_seed(seed), proj_dim=64, chunk_size=20_000)
             bank = fb[sel].contiguous()
+            if args.leave_one_out:  # each sampled image against the bank less the rows selected from it
+                h, w = f_all.shape[-2:]
+                row_image = torch.arange(n_all).repeat_interleave(h * w)[sel]
+                q = f_all[hold_idx].permute(0, 2, 3, 1).reshape(-1, f_all.shape[1]).contiguous()
+                smooth = GaussianBlur(4.0)
+                maps = leave_one_out_maps(q, hold_idx, bank, row_image, (h, w),
+                                          lambda d: smooth(F.interpolate(d, size=(S, S), mode="bilinear", align_corners=False))[:, 0])
+                hold = maps.flatten(1).max(1).values.numpy()
+            else:
+                hold = image_scores(f_all[hold_idx], bank)
             del fb
-            hold, s_test = image_scores(f_all[hold_idx], bank), image_scores(f_test, bank)
+            s_test = image_scores(f_test, bank)
             defective_held = hold_idx >= n_clean
-            base = {"train": name, "seed": seed, "ratio": args.ratio, "holdout": args.holdout, "n_holdout": len(hold_idx),
+            base = {"train": name, "seed": seed, "ratio": args.ratio, "holdout": 0.0 if args.leave_one_out else args.holdout,
+                    "calibration": "leave_one_out" if args.leave_one_out else "holdout", "n_holdout": len(hold_idx),
                     "defective_in_holdout": int(defective_held.sum()), "image_auroc": round(image_auroc(labels, s_test), 4)}
             for rule, (thr, n_drop) in thresholds(hold, args.fence).items():
                 r = {**base, "rule": rule, "set_aside": n_drop, "threshold": round(float(thr), 5),
@@ -118,7 +144,8 @@ def main() -> None:
     for k, v in summary.items():
         print(f"{k:>28}: {v}")
     runs = json.loads(OUT.read_text())["runs"] if OUT.is_file() else {}
-    runs[f"holdout={args.holdout:g}"] = {"seeds": args.seeds, "summary": summary, "rows": rows}
+    key = f"leave_one_out={args.calibration_images}" if args.leave_one_out else f"holdout={args.holdout:g}"
+    runs[key] = {"seeds": args.seeds, "summary": summary, "rows": rows}
     write_json_atomic(OUT, {"benchmark": "threshold calibration with defective held-out images, cached ImageNet Lite0 taps, MTD split, "
                                          "reduced test list (541), 1% false-alarm target, means over holdout seeds", "runs": runs})
 
