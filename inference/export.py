@@ -745,6 +745,7 @@ def calibration_scores(inspector: torch.nn.Module, data: str | Path, size: int, 
         if fit_scores is None:
             raise ExportError("this run calibrated leave-one-out; its fit.json holds no holdout_scores (re-run `loupe fit`)")
         raw = torch.tensor([float(x) for x in fit_scores], dtype=torch.float32)
+        fp, fit_fingerprint = fit_fingerprint or fp, None  # the scores are the fit's, on the fit's data
     else:
         _, hold = split_holdout(len(frames), cfg.holdout_fraction, torch.Generator().manual_seed(cfg.seed))
         held = frames[hold.numpy()]
