@@ -108,14 +108,18 @@ def patches(tp: list[torch.Tensor], deep: str, agg: int, pad: str, ctx: str = ""
     return f - mean if ctx == "sub" else torch.cat([f, mean.expand_as(f)], 1) if ctx == "cat" else f
 
 
+def distance_maps(dist: torch.Tensor, smooth: GaussianBlur) -> torch.Tensor:
+    """Patch distances [n, 1, h, w] -> maps [n, S, S] (upsampled, blurred: the Inspector's map tail)."""
+    return smooth(F.interpolate(dist, size=(S, S), mode="bilinear", align_corners=False))[:, 0]
+
+
 @torch.no_grad()
 def anomaly_maps(test_batches: Iterable[torch.Tensor], bank: torch.Tensor, blur: float = 4.0) -> torch.Tensor:
     """Patch features [n, D, h, w] per batch, bank [B, D] -> blurred nearest-neighbour maps [N, S, S]."""
     bsq, smooth, maps = (bank * bank).sum(1), GaussianBlur(blur), []
     for f in test_batches:
         n, d, h, w = f.shape
-        dist = nearest_distance(f.permute(0, 2, 3, 1).reshape(-1, d), bank, bsq, 4096).reshape(n, 1, h, w)
-        maps.append(smooth(F.interpolate(dist, size=(S, S), mode="bilinear", align_corners=False))[:, 0])
+        maps.append(distance_maps(nearest_distance(f.permute(0, 2, 3, 1).reshape(-1, d), bank, bsq, 4096).reshape(n, 1, h, w), smooth))
     return torch.cat(maps)
 
 

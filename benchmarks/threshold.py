@@ -41,20 +41,19 @@ from statistics import NormalDist
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from scorer_variants import MTD, S, anomaly_maps, cached_taps, greedy_coreset, image_auroc, read_samples  # noqa: E402
+from scorer_variants import MTD, anomaly_maps, cached_taps, distance_maps, greedy_coreset, image_auroc, read_samples  # noqa: E402
 from support_filter import training_sets  # noqa: E402
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
 from pipeline.metrics import robust_threshold  # noqa: E402
 from pipeline.scoring.fit import split_holdout  # noqa: E402
 from pipeline.scoring.gaussian import GaussianBlur  # noqa: E402
-from pipeline.scoring.leave_one_out import calibration_sample, leave_one_out_maps  # noqa: E402
+from pipeline.scoring.leave_one_out import SAMPLE_SEED_OFFSET, calibration_sample, leave_one_out_maps  # noqa: E402
 from pipeline.steps import git_commit  # noqa: E402
 
 OUT = ROOT / "benchmarks/results/threshold.json"
@@ -103,23 +102,22 @@ def main() -> None:
             t0 = time.perf_counter()
             if args.leave_one_out:
                 bank_idx = torch.arange(n_all)
-                hold_idx = calibration_sample(n_all, args.calibration_images, torch.Generator().manual_seed(seed + 3))
+                hold_idx = calibration_sample(n_all, args.calibration_images, torch.Generator().manual_seed(seed + SAMPLE_SEED_OFFSET))
             else:
                 bank_idx, hold_idx = split_holdout(n_all, args.holdout, torch.Generator().manual_seed(seed))
             fb = f_all[bank_idx].permute(0, 2, 3, 1).reshape(-1, f_all.shape[1]).contiguous()
             sel = greedy_coreset(fb, math.ceil(args.ratio * len(fb)), generator=torch.Generator().manual_seed(seed), proj_dim=64, chunk_size=20_000)
             bank = fb[sel].contiguous()
+            del fb
             if args.leave_one_out:  # each sampled image against the bank less the rows selected from it
                 h, w = f_all.shape[-2:]
-                row_image = torch.arange(n_all).repeat_interleave(h * w)[sel]
                 q = f_all[hold_idx].permute(0, 2, 3, 1).reshape(-1, f_all.shape[1]).contiguous()
                 smooth = GaussianBlur(4.0)
-                maps = leave_one_out_maps(q, hold_idx, bank, row_image, (h, w),
-                                          lambda d: smooth(F.interpolate(d, size=(S, S), mode="bilinear", align_corners=False))[:, 0])
+                maps = leave_one_out_maps(q, hold_idx, bank, torch.arange(n_all).repeat_interleave(h * w)[sel], (h, w),
+                                          lambda d: distance_maps(d, smooth))
                 hold = maps.flatten(1).max(1).values.numpy()
             else:
                 hold = image_scores(f_all[hold_idx], bank)
-            del fb
             s_test = image_scores(f_test, bank)
             defective_held = hold_idx >= n_clean
             base = {"train": name, "seed": seed, "ratio": args.ratio, "holdout": 0.0 if args.leave_one_out else args.holdout,

@@ -118,9 +118,10 @@ def _echo_pretrain(summary: dict[str, Any], run_dir: Path) -> None:
 
 
 def _echo_fit(summary: dict[str, Any], run_dir: Path) -> None:
+    loo = summary.get("calibration") == "leave_one_out"
     typer.echo(
         f"fitted scorer on {summary['n_images']} images ({summary['n_bank_images']} bank, {summary['n_holdout_images']} "
-        f"{'scored leave-one-out' if summary.get('calibration') == 'leave_one_out' else 'holdout'}): "
+        f"{'scored leave-one-out' if loo else 'holdout'}): "
         f"bank {summary['bank_size']} of {summary['n_patches']} patches, threshold {summary['threshold_raw']:.4g}, "
         f"{summary['seconds']:.1f} s"
     )
@@ -128,8 +129,7 @@ def _echo_fit(summary: dict[str, Any], run_dir: Path) -> None:
     if summary.get("n_trimmed"):
         typer.echo(f"  {summary['n_trimmed']} bank images looked defective and were left out of the bank: fit.json trimmed_images")
     if summary.get("n_calibration_outliers"):
-        kind = "leave-one-out scored" if summary.get("calibration") == "leave_one_out" else "held-out"
-        typer.echo(f"  {summary['n_calibration_outliers']} {kind} images looked defective and did not set the threshold: "
+        typer.echo(f"  {summary['n_calibration_outliers']} {'leave-one-out scored' if loo else 'held-out'} images looked defective and did not set the threshold: "
                    "fit.json calibration_outliers")
     typer.echo(f"  inspector: {run_dir / 'inspector.pt'}")
 

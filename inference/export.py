@@ -656,13 +656,13 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     norm["norm_offset"].CopyFrom(numpy_helper.from_array(np.array(0.0, np.float32), "norm_offset"))
     norm["norm_scale"].CopyFrom(numpy_helper.from_array(np.array(1.0, np.float32), "norm_scale"))
     if loo:  # the fit's sample, its INT8 patch features against the INT8 bank less their own rows; the map's tail in fp32
-        from pipeline.scoring.leave_one_out import calibration_sample, leave_one_out_maps
+        from pipeline.scoring.leave_one_out import SAMPLE_SEED_OFFSET, calibration_sample, leave_one_out_maps
 
         n = len(train_frames)
         with torch.no_grad():  # queries are [N * h * w, D], image-major: the patch grid from the fp32 inspector
             h, w = inspector.patch_channels(inspector.preprocess(torch.from_numpy(train_frames[:1]))).shape[-2:]
         image_of = torch.arange(n).repeat_interleave(h * w)  # [N * h * w]
-        hold_idx = calibration_sample(n, cfg.calibration_images, torch.Generator().manual_seed(cfg.seed + 3))
+        hold_idx = calibration_sample(n, cfg.calibration_images, torch.Generator().manual_seed(cfg.seed + SAMPLE_SEED_OFFSET))
         q_calib = feats_t.view(n, h * w, -1)[hold_idx].reshape(-1, feats_t.shape[1])
         with torch.no_grad():
             maps_t = leave_one_out_maps(q_calib, hold_idx, feats_t[sel], image_of[sel], (h, w), inspector.distance_map,
@@ -738,15 +738,18 @@ def calibration_scores(inspector: torch.nn.Module, data: str | Path, size: int, 
     """
     from pipeline.metrics import calibration_outliers
     from pipeline.scoring.fit import split_holdout
+    from pipeline.steps import read_samples
 
-    frames, fp = training_frames(data, size, channels)
     cfg = inspector.cfg
-    if cfg.calibration == "leave_one_out":  # every image is in the bank: re-score the fit's sample the fit's way
+    if cfg.calibration == "leave_one_out":  # every image is in the bank: the fit's own scores, on the fit's data
         if fit_scores is None:
             raise ExportError("this run calibrated leave-one-out; its fit.json holds no holdout_scores (re-run `loupe fit`)")
         raw = torch.tensor([float(x) for x in fit_scores], dtype=torch.float32)
-        fp, fit_fingerprint = fit_fingerprint or fp, None  # the scores are the fit's, on the fit's data
+        fp = fit_fingerprint or read_samples(data, "train", False, channels)[1]  # nothing to decode and resize
+        same_data = True
     else:
+        frames, fp = training_frames(data, size, channels)
+        same_data = fit_fingerprint is None or fp == fit_fingerprint
         _, hold = split_holdout(len(frames), cfg.holdout_fraction, torch.Generator().manual_seed(cfg.seed))
         held = frames[hold.numpy()]
         with torch.no_grad():  # raw scores: the scale the fit applied the fence on
@@ -756,7 +759,7 @@ def calibration_scores(inspector: torch.nn.Module, data: str | Path, size: int, 
         scores = inspector.normalize(raw).float().numpy()
     drop = calibration_outliers(raw.numpy().astype(np.float32), inspector.cfg.calibration_fence)
     return {"scores": [round(float(x), 6) for x in scores[~drop]], "images": int((~drop).sum()), "set_aside": int(drop.sum()),
-            "fingerprint": fp, "same_data": fit_fingerprint is None or fp == fit_fingerprint}
+            "fingerprint": fp, "same_data": same_data}
 
 
 def export_bundle(

@@ -16,7 +16,7 @@ from pipeline.scoring.config import ScorerConfig
 from pipeline.scoring.coreset import coreset_size, greedy_coreset
 from pipeline.scoring.denoise import cross_fit_distances, image_keep_mask, keep_mask
 from pipeline.scoring.inspector import Inspector
-from pipeline.scoring.leave_one_out import calibration_sample, leave_one_out_maps
+from pipeline.scoring.leave_one_out import SAMPLE_SEED_OFFSET, calibration_sample, leave_one_out_maps
 from pipeline.scoring.projection import fit_pca
 from pipeline.scoring.support import row_support
 
@@ -118,7 +118,7 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
         feats = feats[keep_img[image_of]]  # still image-major, kept images only
         image_of = torch.arange(n_img).repeat_interleave(per_image)
     if loo:  # the calibration images' full patch grids, kept before denoising thins the patches
-        calib = calibration_sample(n_img, cfg.calibration_images, torch.Generator().manual_seed(cfg.seed + 3))  # [n] kept-image ids
+        calib = calibration_sample(n_img, cfg.calibration_images, torch.Generator().manual_seed(cfg.seed + SAMPLE_SEED_OFFSET))  # [n] kept-image ids
         calib_feats = feats.view(n_img, per_image, -1)[calib].reshape(-1, feats.shape[1])
     n_denoised = 0
     if cfg.denoise_fraction > 0:  # before the coreset, which would pick exactly those far-out patches first

@@ -44,6 +44,9 @@ def leave_one_out_distances(queries: torch.Tensor, query_image: torch.Tensor, ba
     return best_sq.sqrt()
 
 
+SAMPLE_SEED_OFFSET = 3  # the sample's generator is seeded with scorer.seed + this (fit and INT8 re-fit draw the same sample)
+
+
 def calibration_sample(n_images: int, limit: int, generator: torch.Generator) -> torch.Tensor:
     """Seeded, sorted indices of at most `limit` of n_images (all when limit <= 0 or n_images <= limit)."""
     if limit <= 0 or n_images <= limit:
