@@ -87,7 +87,8 @@ def main() -> None:
         fit = fit_step(run, args.data, progress=False)
         m = evaluate_step(run, args.data, run / "metrics.json", progress=False)
         results[f"{tag}/{name}"] = {
-            **{k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "per_class", "per_class_pixel")},
+            **{k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "false_alarm_rate", "recall_at_threshold",
+                                 "per_class", "per_class_pixel")},
             "overrides": overrides, "scorer": cfg["scorer"], "pretrain_epochs": epochs, "bank_size": fit["bank_size"],
             "fit_seconds": fit["seconds"], "data": str(args.data), "commit": git_commit(), "created": now(),
             **(ort_latency(run) if args.latency else {}),
@@ -96,7 +97,7 @@ def main() -> None:
         row = results[f"{tag}/{name}"]
         timing = f" ort p50 {row['ort_cpu_p50_ms']:.1f} ms (encoder {row['ort_encoder_ms']:.1f}, search {row['ort_search_ms']:.1f})" if args.latency else ""
         print(f"{tag}/{name}: image {m['image_auroc']:.3f} pixel {m['pixel_auroc']:.3f} AUPRO {m['aupro']:.3f} "
-              f"bank {fit['bank_size']} fit {fit['seconds']:.0f}s{timing}", flush=True)
+              f"FAR {m['false_alarm_rate']:.1%} recall {m['recall_at_threshold']:.1%} bank {fit['bank_size']} fit {fit['seconds']:.0f}s{timing}", flush=True)
 
 
 if __name__ == "__main__":
