@@ -1,11 +1,14 @@
 """Ablation on the Magnetic Tile Defects split: which part of the pretraining does the work.
 
-    python benchmarks/ablation.py [--only NAME ...] [--epochs N]
+    python benchmarks/ablation.py [--only NAME ...] [--epochs N] [--set KEY=VALUE ...]
 
 Each row is a full pretrain -> fit -> evaluate from nothing (same scorer, same split).
 Results accumulate in benchmarks/results/ablation.json (one entry per row name),
 so rows can be run in separate sessions. `--epochs N` runs the rows at an equal, shorter
 budget (entries named NAME@Nep) when the config's own length does not fit in a session.
+`--set KEY=VALUE` (dotted config keys, values parsed as YAML, e.g. `pretrain.perturb.size=[0.06,0.4]`)
+applies the same overrides on top of every row, for screening a pretraining change against its
+baseline row; the entry is named NAME[KEY=VALUE,...] (then @Nep).
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,13 +54,26 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", default=None)
     ap.add_argument("--epochs", type=int, default=None, help="pretraining epochs for every trained row (entries NAME@Nep)")
     ap.add_argument("--work", type=Path, default=ROOT / "runs/ablation")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override applied to every row (repeatable; value parsed as YAML)")
     args = ap.parse_args()
+    extra = {}
+    for item in args.sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. pretrain.perturb.prob=0.5")
+        extra[key] = yaml.safe_load(value)
     unknown = [n for n in args.only or [] if n not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; rows: {list(ROWS)}")
     for name in args.only or list(ROWS):  # --only runs in the order given
         base, overrides = ROWS[name]
-        cfg = load_config(base, overrides)
+        try:
+            cfg = load_config(base, {**overrides, **extra})
+        except ValueError as exc:  # unknown key or bad value: the loader's message names it
+            raise SystemExit(f"row {name!r}: {exc}") from None
+        if extra:
+            name = f"{name}[{','.join(args.sets)}]"
         if args.epochs is not None and cfg.pretrain.epochs > 0 and args.epochs != cfg.pretrain.epochs:
             cfg.pretrain.epochs = args.epochs
             name = f"{name}@{args.epochs}ep"
