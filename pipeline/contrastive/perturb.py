@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-KINDS = ("cutpaste", "scar", "blob", "smear")
+KINDS = ("cutpaste", "scar", "blob", "smear", "perlin")
+DEFAULT_KINDS = ("cutpaste", "scar", "blob", "smear")  # what the shipped configs were measured with
 
 
 @dataclass
@@ -23,7 +24,7 @@ class PerturbConfig:
     max_count: int = 2  # perturbations per perturbed image, 1..max_count
     size: tuple[float, float] = (0.06, 0.2)  # extent as a fraction of the view side
     strength: tuple[float, float] = (0.06, 0.25)  # intensity change of scars and blobs
-    kinds: tuple[str, ...] = KINDS
+    kinds: tuple[str, ...] = DEFAULT_KINDS
 
     def __post_init__(self) -> None:
         self.size, self.strength, self.kinds = tuple(self.size), tuple(self.strength), tuple(self.kinds)
@@ -108,7 +109,32 @@ def _smear(img: torch.Tensor, cfg: PerturbConfig, g: torch.Generator) -> tuple[t
     return alpha[None] * _u(g, 0.7, 1.0) * (blurred - img), alpha > 0
 
 
-_MAKERS = {"cutpaste": _cutpaste, "scar": _scar, "blob": _blob, "smear": _smear}
+def _perlin(img: torch.Tensor, cfg: PerturbConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """An irregular region (thresholded two-octave value noise, as DRAEM's Perlin masks; Zavrtanik
+    et al., ICCV 2021) covering 2 x `size` of the view's area (at most 45%): half the time
+    filled with the view's own surface from elsewhere (rolled and mirrored, gain-shifted),
+    otherwise a tone shift of `strength`. Large, diffuse and ragged where the other kinds are
+    small and regular: the shape of uneven grinding, breaks and frayed edges."""
+    c, h, w = img.shape
+    r = int(torch.randint(2, 6, (1,), generator=g))  # noise cells across the view: region scale
+    coarse = torch.rand(1, 1, r, r, generator=g)
+    fine = torch.rand(1, 1, 2 * r, 2 * r, generator=g)
+    noise = sum(wt * F.interpolate(n, size=(h, w), mode="bicubic", align_corners=False)
+                for wt, n in ((1.0, coarse), (0.5, fine)))[0, 0].to(img.device)  # [h, w]
+    area = min(0.45, 2 * _u(g, *cfg.size))
+    t = torch.quantile(noise.flatten(), 1 - area)
+    alpha = ((noise - t) / 0.05).clamp(0, 1)  # soft 0.05-wide rim, exactly 0 below the threshold
+    if float(torch.rand(1, generator=g)) < 0.5:
+        dy, dx = int(torch.randint(h // 4, h - h // 4 + 1, (1,), generator=g)), int(torch.randint(w // 4, w - w // 4 + 1, (1,), generator=g))
+        src = (img.flip(-1).roll((dy, dx), dims=(-2, -1)) * _u(g, 0.85, 1.15) + _u(g, -0.08, 0.08)).clamp(0, 1)
+        delta = alpha[None] * _u(g, 0.5, 1.0) * (src - img)
+    else:
+        sign = 1.0 if float(torch.rand(1, generator=g)) < 0.5 else -1.0
+        delta = sign * _u(g, *cfg.strength) * alpha[None].expand(c, h, w)
+    return delta, alpha > 0
+
+
+_MAKERS = {"cutpaste": _cutpaste, "scar": _scar, "blob": _blob, "smear": _smear, "perlin": _perlin}
 
 
 def perturb(views: torch.Tensor, cfg: PerturbConfig, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
