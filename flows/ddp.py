@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
 
     from pipeline.atomic import write_json_atomic, write_text_atomic
-    from pipeline.config import load_config, to_dict
+    from pipeline.config import load_config, pretrain_image_size, to_dict
     from pipeline.contrastive.pretrain import pretrain
     from pipeline.data.tensors import load_images
     from pipeline.steps import CONFIG_FILE as RUN_CONFIG, git_commit, initial_encoder, load_run_config, now, read_samples
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         samples, fp = read_samples(args.data, "train", False, cfg.encoder.in_channels)
         if rank == 0:
             write_text_atomic(run_dir / RUN_CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        images = load_images(samples, cfg.scorer.image_size, cfg.encoder.in_channels)
+        images = load_images(samples, pretrain_image_size(cfg), cfg.encoder.in_channels)
         encoder, init = initial_encoder(cfg)  # seeded: the same on every rank (DDP also broadcasts rank 0's)
 
         def on_epoch(epoch: int, loss: float) -> None:

@@ -32,6 +32,11 @@ class LoupeConfig:
     init_weights: str | None = None
 
 
+def pretrain_image_size(cfg: LoupeConfig) -> int:
+    """Side the pretraining images are loaded at: `pretrain.image_size`, else the scorer's."""
+    return cfg.pretrain.image_size or cfg.scorer.image_size
+
+
 def shipped_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 

@@ -29,7 +29,7 @@ import yaml
 
 from models.encoder import Encoder, imagenet_lite0_weights, load_init_weights
 from pipeline.atomic import atomic_open, write_json_atomic, write_text_atomic
-from pipeline.config import LoupeConfig, config_from_dict, load_config, to_dict
+from pipeline.config import LoupeConfig, config_from_dict, load_config, pretrain_image_size, to_dict
 from pipeline.contrastive.pretrain import ENCODER_FILE, load_encoder, pretrain
 from pipeline.data import DataError, Sample, check_readable, fingerprint, load_samples
 from pipeline.data.tensors import load_images, load_masks
@@ -113,7 +113,7 @@ def pretrain_step(
         raise ValueError(f"{cfg_path} holds another config than this run; drop --resume or use a new --out folder")
     samples, fp = read_samples(data, "train", skip_bad, cfg.encoder.in_channels)
     write_text_atomic(cfg_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # only once the data is known good
-    images = load_images(samples, cfg.scorer.image_size, cfg.encoder.in_channels, progress=progress)
+    images = load_images(samples, pretrain_image_size(cfg), cfg.encoder.in_channels, progress=progress)
     encoder, init = initial_encoder(cfg)
     result = pretrain(images, encoder, cfg.pretrain, run_dir, resume=resume, device=device, progress=progress,
                       meta={"data_fingerprint": fp, "init_weights": str(init) if init else None}, on_epoch=on_epoch)
@@ -276,7 +276,9 @@ def reuse_pretraining(source: str | Path, run_dir: str | Path, cfg: LoupeConfig,
     if not (source / ENCODER_FILE).is_file() or not summary_path.is_file():
         raise FileNotFoundError(f"{source} has no finished pretraining ({ENCODER_FILE} and pretrain.json); run `loupe pretrain` into it first")
     mine, theirs = to_dict(cfg), to_dict(src_cfg)
-    differ = [k for k in ("init_weights", "encoder", "pretrain") if mine.get(k) != theirs.get(k)]
+    # the images' load size is part of the pretraining, whether set in pretrain or taken from the scorer
+    keyed = [{**d, "pretrain": {**d["pretrain"], "image_size": pretrain_image_size(c)}} for d, c in ((mine, cfg), (theirs, src_cfg))]
+    differ = [k for k in ("init_weights", "encoder", "pretrain") if keyed[0].get(k) != keyed[1].get(k)]
     if differ:
         raise ValueError(f"{source} was pretrained with other {', '.join(differ)} settings than config {cfg.name!r}; "
                          "reuse only a pretraining of the same config")

@@ -68,6 +68,9 @@ class PretrainConfig:
     momentum: float = 0.99  # moco key encoder EMA
     angular_weight: float = 0.0  # msc: weight of the angular centre term (0: plain mean-shifted contrast)
     freeze_bn: bool = False  # keep pretrained BatchNorm statistics (fine-tuning)
+    # side the training images are loaded at before views are cut; None: the scorer's image_size.
+    # Set it to keep the views' source resolution when the scorer's resolution changes.
+    image_size: int | None = None
     seed: int = 0
     views: ViewConfig = field(default_factory=ViewConfig)
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
