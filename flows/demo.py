@@ -79,7 +79,8 @@ def prepare_demo_data(out: Path, data_params: dict[str, Any]) -> tuple[Path, Pat
     return split, strip_png
 
 
-def run_demo_training(out: Path, data_params: dict[str, Any], *, config: str, epochs: int, progress: bool) -> DemoContext:
+def run_demo_training(out: Path, data_params: dict[str, Any], *, config: str, epochs: int, progress: bool,
+                      overrides: list[str] | None = None) -> DemoContext:
     """Data -> training flow (register, promote) -> batch inspection of the test images; returns the context."""
     from flows.inspection import InspectionParams, batch_inspection_flow
     from flows.training import TrainingParams, training_flow
@@ -90,7 +91,7 @@ def run_demo_training(out: Path, data_params: dict[str, Any], *, config: str, ep
     db_url, image_root = f"sqlite:///{(home / 'results' / 'results.db').resolve()}", home / "results" / "images"
     ctx = DemoContext(out=out, home=home, product=DEMO_PRODUCT, data_dir=split.parent, split=split, strip_png=strip_png,
                       db_url=db_url, image_root=image_root)
-    ctx.training = training_flow(TrainingParams(data=[str(split)], product=DEMO_PRODUCT, config=config, epochs=epochs,
+    ctx.training = training_flow(TrainingParams(data=[str(split)], product=DEMO_PRODUCT, config=config, overrides=overrides or [], epochs=epochs,
                                                 home=str(home), progress=progress))
     _link_latest(out, Path(ctx.training["run_dir"]))
     ctx.metrics_json, ctx.scores_csv = out / "metrics.json", out / "scores.csv"

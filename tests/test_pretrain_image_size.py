@@ -31,3 +31,12 @@ def test_reuse_compares_the_effective_load_size(tiny_data: Path, tmp_path: Path)
     other = load_config("smoke", {"pretrain.epochs": 0, "scorer.image_size": size // 2})
     with pytest.raises(ValueError, match="pretrain"):
         reuse_pretraining(source, tmp_path / "b", other, manifest)
+
+
+def test_demo_override_scores_at_the_demo_images_size_with_the_same_pretraining() -> None:
+    from flows.cli import DEMO_DATA, DEMO_OVERRIDES
+    from pipeline.config import parse_overrides
+
+    cfg = load_config("default", parse_overrides(DEMO_OVERRIDES["default"]))
+    assert cfg.scorer.image_size == DEMO_DATA["size"]
+    assert pretrain_image_size(cfg) == pretrain_image_size(load_config("default"))
