@@ -17,13 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
-from pipeline.config import load_config, to_dict  # noqa: E402
+from pipeline.config import load_config, parse_overrides, to_dict  # noqa: E402
 from pipeline.steps import BENCH_KEYS, evaluate_step, fit_step, git_commit, pretrain_step  # noqa: E402
 
 MTD = ROOT.parent / "shared/data/magnetic-tile-defects/split.json"
@@ -57,12 +55,10 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override applied to every row (repeatable; value parsed as YAML)")
     args = ap.parse_args()
-    extra = {}
-    for item in args.sets:
-        key, eq, value = item.partition("=")
-        if not eq or not key:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. pretrain.perturb.prob=0.5")
-        extra[key] = yaml.safe_load(value)
+    try:
+        extra = parse_overrides(args.sets)
+    except ValueError as exc:
+        raise SystemExit(f"--set: {exc}") from None
     unknown = [n for n in args.only or [] if n not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; rows: {list(ROWS)}")

@@ -91,8 +91,8 @@ def run_demo_training(out: Path, data_params: dict[str, Any], *, config: str, ep
     db_url, image_root = f"sqlite:///{(home / 'results' / 'results.db').resolve()}", home / "results" / "images"
     ctx = DemoContext(out=out, home=home, product=DEMO_PRODUCT, data_dir=split.parent, split=split, strip_png=strip_png,
                       db_url=db_url, image_root=image_root)
-    ctx.training = training_flow(TrainingParams(data=[str(split)], product=DEMO_PRODUCT, config=config, overrides=overrides or [], epochs=epochs,
-                                                home=str(home), progress=progress))
+    ctx.training = training_flow(TrainingParams(data=[str(split)], product=DEMO_PRODUCT, config=config, overrides=overrides or [],
+                                                epochs=epochs, home=str(home), progress=progress))
     _link_latest(out, Path(ctx.training["run_dir"]))
     ctx.metrics_json, ctx.scores_csv = out / "metrics.json", out / "scores.csv"
     # The champion (this run if the gate promoted it); without any champion yet, the run's own bundle.

@@ -37,6 +37,14 @@ def pretrain_image_size(cfg: LoupeConfig) -> int:
     return cfg.pretrain.image_size or cfg.scorer.image_size
 
 
+def pretraining_settings(cfg: LoupeConfig) -> dict[str, Any]:
+    """What decides a pretraining's result besides the data: init weights, encoder and pretrain
+    settings, with the images' effective load size (set in pretrain or taken from the scorer)."""
+    d = to_dict(cfg)
+    return {"init_weights": d["init_weights"], "encoder": d["encoder"],
+            "pretrain": {**d["pretrain"], "image_size": pretrain_image_size(cfg)}}
+
+
 def shipped_configs() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 

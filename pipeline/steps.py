@@ -29,7 +29,7 @@ import yaml
 
 from models.encoder import Encoder, imagenet_lite0_weights, load_init_weights
 from pipeline.atomic import atomic_open, write_json_atomic, write_text_atomic
-from pipeline.config import LoupeConfig, config_from_dict, load_config, pretrain_image_size, to_dict
+from pipeline.config import LoupeConfig, config_from_dict, load_config, pretrain_image_size, pretraining_settings, to_dict
 from pipeline.contrastive.pretrain import ENCODER_FILE, load_encoder, pretrain
 from pipeline.data import DataError, Sample, check_readable, fingerprint, load_samples
 from pipeline.data.tensors import load_images, load_masks
@@ -275,10 +275,8 @@ def reuse_pretraining(source: str | Path, run_dir: str | Path, cfg: LoupeConfig,
     summary_path = source / "pretrain.json"
     if not (source / ENCODER_FILE).is_file() or not summary_path.is_file():
         raise FileNotFoundError(f"{source} has no finished pretraining ({ENCODER_FILE} and pretrain.json); run `loupe pretrain` into it first")
-    mine, theirs = to_dict(cfg), to_dict(src_cfg)
-    # the images' load size is part of the pretraining, whether set in pretrain or taken from the scorer
-    keyed = [{**d, "pretrain": {**d["pretrain"], "image_size": pretrain_image_size(c)}} for d, c in ((mine, cfg), (theirs, src_cfg))]
-    differ = [k for k in ("init_weights", "encoder", "pretrain") if keyed[0].get(k) != keyed[1].get(k)]
+    mine, theirs = pretraining_settings(cfg), pretraining_settings(src_cfg)
+    differ = [k for k in mine if mine[k] != theirs[k]]
     if differ:
         raise ValueError(f"{source} was pretrained with other {', '.join(differ)} settings than config {cfg.name!r}; "
                          "reuse only a pretraining of the same config")
@@ -289,7 +287,7 @@ def reuse_pretraining(source: str | Path, run_dir: str | Path, cfg: LoupeConfig,
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_open(run_dir / ENCODER_FILE) as f, (source / ENCODER_FILE).open("rb") as src:
         shutil.copyfileobj(src, f)
-    write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(mine, sort_keys=False))
+    write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     write_json_atomic(run_dir / "pretrain.json", {**summary, "reused_from": str(source)})
     return summary
 
