@@ -120,7 +120,14 @@ def code_version() -> str:
 
 
 def pretrain_key(train_fingerprint: str, config: dict[str, Any], code: str, nproc: int) -> str:
-    blob = json.dumps({"data": train_fingerprint, "config": config, "code": code, "nproc": nproc if nproc > 1 else 1}, sort_keys=True)
+    """Cache key of a pretraining: data, code, process count and what decides the encoder
+    (pipeline.config.pretraining_settings), not the scorer: a scorer-only change re-fits, it
+    does not re-pretrain."""
+    from pipeline.config import config_from_dict, pretraining_settings
+
+    settings = pretraining_settings(config_from_dict(config))
+    blob = json.dumps({"data": train_fingerprint, "pretraining": settings, "code": code, "nproc": nproc if nproc > 1 else 1},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -231,13 +238,18 @@ def _state_epoch(path: Path) -> int:
 
 
 @task(name="fit", **_IO)
-def fit_task(pretrain_dir: str, run_dir: str, manifest: str, progress: bool) -> dict[str, Any]:
+def fit_task(pretrain_dir: str, run_dir: str, manifest: str, progress: bool, config: dict[str, Any]) -> dict[str, Any]:
+    """Fit this run's config (its scorer may differ from the cached pretraining's) on the cached encoder."""
+    import yaml
+
+    from pipeline.atomic import write_text_atomic
     from pipeline.steps import fit_step
 
     run = Path(run_dir)
-    for name in ("config.yaml", "encoder.pt", "pretrain.json"):
+    for name in ("encoder.pt", "pretrain.json"):
         shutil.copyfile(Path(pretrain_dir) / name, run / f".{name}.part")
         os.replace(run / f".{name}.part", run / name)
+    write_text_atomic(run / "config.yaml", yaml.safe_dump(config, sort_keys=False))
     return fit_step(run, manifest, progress=progress)
 
 
@@ -412,7 +424,7 @@ def training_flow(params: TrainingParams) -> dict[str, Any]:
         key = pretrain_key(data["train_fingerprint"], config, code_version(), params.nproc)
         pre = pretrain_task(manifest, config, str(work / "pretrain" / key), nproc=params.nproc, device=params.device,
                             progress=params.progress, product=params.product)
-        fit = fit_task(pre["dir"], str(run_dir), manifest, params.progress)
+        fit = fit_task(pre["dir"], str(run_dir), manifest, params.progress, config)
         if data["labelled"]:
             n_test = data["n_test_good"] + data["n_test_defect"]
             ranges = shard_ranges(n_test, _n_shards(params, n_test))
