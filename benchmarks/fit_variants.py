@@ -27,8 +27,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.atomic import write_json_atomic, write_text_atomic  # noqa: E402
-from pipeline.config import load_config, to_dict  # noqa: E402
+from pipeline.atomic import write_json_atomic  # noqa: E402
+from pipeline.config import load_config, save_config, to_dict  # noqa: E402
 from pipeline.steps import evaluate_step, fit_step, git_commit, now  # noqa: E402
 
 OUT = ROOT / "benchmarks/results/fit-variants.json"
@@ -76,20 +76,20 @@ def main() -> None:
     for name, overrides in map(parse_variant, args.variants):
         # the run's own config with scorer.<key> overrides (unknown keys are refused, as for any config)
         try:
-            cfg = to_dict(load_config(args.run / "config.yaml", {f"scorer.{k}": v for k, v in overrides.items()}))
+            cfg = load_config(args.run / "config.yaml", {f"scorer.{k}": v for k, v in overrides.items()})
         except ValueError as exc:  # unknown key or bad value: the loader's message names it
             raise SystemExit(f"variant {name!r}: {exc}") from None
         run = args.run.parent / f"{args.run.name}-{name}"
         shutil.rmtree(run, ignore_errors=True)
         run.mkdir(parents=True)
         shutil.copy(args.run / "encoder.pt", run / "encoder.pt")
-        write_text_atomic(run / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        save_config(run / "config.yaml", cfg)
         fit = fit_step(run, args.data, progress=False)
         m = evaluate_step(run, args.data, run / "metrics.json", progress=False)
         results[f"{tag}/{name}"] = {
             **{k: m[k] for k in ("image_auroc", "pixel_auroc", "aupro", "f1_max", "false_alarm_rate", "recall_at_threshold",
                                  "per_class", "per_class_pixel")},
-            "overrides": overrides, "scorer": cfg["scorer"], "pretrain_epochs": epochs, "bank_size": fit["bank_size"],
+            "overrides": overrides, "scorer": to_dict(cfg.scorer), "pretrain_epochs": epochs, "bank_size": fit["bank_size"],
             "fit_seconds": fit["seconds"], "data": str(args.data), "commit": git_commit(), "created": now(),
             **(ort_latency(run) if args.latency else {}),
         }

@@ -35,16 +35,13 @@ def launch_ddp_pretrain(data: str | Path, run_dir: str | Path, cfg: Any, *, npro
     cfg: a LoupeConfig (written to RUN_DIR/ddp-config.yaml for the ranks). on_epoch is called
     here, in the launching process, as rank 0 finishes epochs.
     """
-    import yaml
-
-    from pipeline.atomic import write_text_atomic
-    from pipeline.config import to_dict
+    from pipeline.config import save_config
 
     if nproc < 2:
         raise ValueError(f"DDP needs nproc >= 2, got {nproc}")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg_file = write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    cfg_file = save_config(run_dir / CONFIG_FILE, cfg)
     progress = run_dir / PROGRESS_FILE
     progress.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "flows.ddp",
@@ -111,10 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
     import torch.distributed as dist
-    import yaml
 
-    from pipeline.atomic import write_json_atomic, write_text_atomic
-    from pipeline.config import load_config, pretrain_image_size, to_dict
+    from pipeline.atomic import write_json_atomic
+    from pipeline.config import load_config, pretrain_image_size, save_config
     from pipeline.contrastive.pretrain import pretrain
     from pipeline.data.tensors import load_images
     from pipeline.steps import CONFIG_FILE as RUN_CONFIG, git_commit, initial_encoder, load_run_config, now, read_samples
@@ -134,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{run_dir / RUN_CONFIG} holds another config than this run; drop --resume or use a new run folder")
         samples, fp = read_samples(args.data, "train", False, cfg.encoder.in_channels)
         if rank == 0:
-            write_text_atomic(run_dir / RUN_CONFIG, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            save_config(run_dir / RUN_CONFIG, cfg)
         images = load_images(samples, pretrain_image_size(cfg), cfg.encoder.in_channels)
         encoder, init = initial_encoder(cfg)  # seeded: the same on every rank (DDP also broadcasts rank 0's)
 

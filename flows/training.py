@@ -240,16 +240,14 @@ def _state_epoch(path: Path) -> int:
 @task(name="fit", **_IO)
 def fit_task(pretrain_dir: str, run_dir: str, manifest: str, progress: bool, config: dict[str, Any]) -> dict[str, Any]:
     """Fit this run's config (its scorer may differ from the cached pretraining's) on the cached encoder."""
-    import yaml
-
-    from pipeline.atomic import write_text_atomic
-    from pipeline.steps import fit_step
+    from pipeline.config import config_from_dict, save_config
+    from pipeline.steps import CONFIG_FILE, fit_step
 
     run = Path(run_dir)
     for name in ("encoder.pt", "pretrain.json"):
         shutil.copyfile(Path(pretrain_dir) / name, run / f".{name}.part")
         os.replace(run / f".{name}.part", run / name)
-    write_text_atomic(run / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    save_config(run / CONFIG_FILE, config_from_dict(config))
     return fit_step(run, manifest, progress=progress)
 
 

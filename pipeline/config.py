@@ -124,3 +124,10 @@ def load_config(name_or_path: str | Path = "default", overrides: dict[str, Any] 
 
 def config_from_dict(data: dict[str, Any]) -> LoupeConfig:
     return from_dict(LoupeConfig, data)
+
+
+def save_config(path: str | Path, cfg: LoupeConfig) -> Path:
+    """Write `cfg` as YAML to `path`, atomically (a run's config.yaml, which load_config reads back)."""
+    from pipeline.atomic import write_text_atomic
+
+    return write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -29,7 +29,7 @@ import yaml
 
 from models.encoder import Encoder, imagenet_lite0_weights, load_init_weights
 from pipeline.atomic import atomic_open, write_json_atomic, write_text_atomic
-from pipeline.config import LoupeConfig, config_from_dict, load_config, pretrain_image_size, pretraining_settings, to_dict
+from pipeline.config import LoupeConfig, config_from_dict, load_config, pretrain_image_size, pretraining_settings, save_config, to_dict
 from pipeline.contrastive.pretrain import ENCODER_FILE, load_encoder, pretrain
 from pipeline.data import DataError, Sample, check_readable, fingerprint, load_samples
 from pipeline.data.tensors import load_images, load_masks
@@ -112,7 +112,7 @@ def pretrain_step(
     if resume and cfg_path.is_file() and load_run_config(run_dir) != cfg:
         raise ValueError(f"{cfg_path} holds another config than this run; drop --resume or use a new --out folder")
     samples, fp = read_samples(data, "train", skip_bad, cfg.encoder.in_channels)
-    write_text_atomic(cfg_path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # only once the data is known good
+    save_config(cfg_path, cfg)  # only once the data is known good
     images = load_images(samples, pretrain_image_size(cfg), cfg.encoder.in_channels, progress=progress)
     encoder, init = initial_encoder(cfg)
     result = pretrain(images, encoder, cfg.pretrain, run_dir, resume=resume, device=device, progress=progress,
@@ -287,7 +287,7 @@ def reuse_pretraining(source: str | Path, run_dir: str | Path, cfg: LoupeConfig,
     run_dir.mkdir(parents=True, exist_ok=True)
     with atomic_open(run_dir / ENCODER_FILE) as f, (source / ENCODER_FILE).open("rb") as src:
         shutil.copyfileobj(src, f)
-    write_text_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    save_config(run_dir / CONFIG_FILE, cfg)
     write_json_atomic(run_dir / "pretrain.json", {**summary, "reused_from": str(source)})
     return summary
 
