@@ -22,13 +22,11 @@ import shutil
 import sys
 from pathlib import Path
 
-import yaml
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.atomic import write_json_atomic  # noqa: E402
-from pipeline.config import load_config, save_config, to_dict  # noqa: E402
+from pipeline.config import load_config, parse_overrides, save_config, to_dict  # noqa: E402
 from pipeline.steps import evaluate_step, fit_step, git_commit, now  # noqa: E402
 
 OUT = ROOT / "benchmarks/results/fit-variants.json"
@@ -39,13 +37,10 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     name, sep, body = spec.partition(":")
     if not name or not sep:
         raise SystemExit(f"variant {spec!r}: expected NAME:key=value,... (or NAME: for the config as it is)")
-    overrides = {}
-    for item in filter(None, body.split(",")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise SystemExit(f"variant {spec!r}: {item!r} is not key=value")
-        overrides[key] = yaml.safe_load(value)
-    return name, overrides
+    try:
+        return name, parse_overrides(filter(None, body.split(",")))
+    except ValueError as err:
+        raise SystemExit(f"variant {spec!r}: {err}") from None
 
 
 def ort_latency(run: Path) -> dict[str, float]:
