@@ -154,7 +154,9 @@ def fit_step(run_dir: str | Path, data: str | Path, *, skip_bad: bool = False, p
         # false-alarm rate at the threshold on the held-out good images that calibrated it (no labels needed)
         "holdout_false_alarm_rate": float(np.mean(np.asarray(res.holdout_scores) >= res.threshold_raw)) if res.holdout_scores else None,
         "data_fingerprint": fp, "pretrain_fingerprint": enc_meta.get("data_fingerprint"),
-        "feature_seconds": res.feature_seconds, "coreset_seconds": res.coreset_seconds, "seconds": res.seconds,
+        # the cross-fitted filters (trim_fraction, denoise_fraction) apart from feature extraction
+        "feature_seconds": res.feature_seconds, "filter_seconds": res.filter_seconds, "coreset_seconds": res.coreset_seconds,
+        "seconds": res.seconds,
         "commit": git_commit(), "created": now(),
     }
     save_inspector(res.inspector, run_dir / INSPECTOR_FILE, meta={k: summary[k] for k in ("config", "data_fingerprint", "threshold_raw", "bank_size", "commit", "created")})

@@ -75,6 +75,8 @@ def test_fit_trims_the_contaminating_images(spotted_training_set) -> None:  # no
     assert set(trimmed.trimmed) == spotted_in_bank
     assert trimmed.n_bank_images == len(bank_idx) - len(spotted_in_bank)
     assert trimmed.n_patches == plain.n_patches  # counted before any trimming
+    assert plain.filter_seconds == 0 < trimmed.filter_seconds  # the trim's cross-fit is booked apart from feature extraction
+    assert trimmed.feature_seconds + trimmed.filter_seconds + trimmed.coreset_seconds <= trimmed.seconds
     assert raw[frac].mean() > raw[0.0].mean()
 
 
@@ -108,3 +110,4 @@ def test_fit_json_names_the_trimmed_images(tiny_data, tmp_path) -> None:  # noqa
     n_before = fit["n_bank_images"] + fit["n_trimmed"]
     assert fit["n_trimmed"] == math.floor(0.25 * n_before)
     assert all(Path(p).is_file() for p in fit["trimmed_images"]) and len(set(fit["trimmed_images"])) == fit["n_trimmed"]
+    assert fit["filter_seconds"] > 0

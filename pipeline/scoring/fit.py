@@ -32,7 +32,7 @@ class FitResult:
     n_holdout_images: int  # images whose scores calibrated the threshold (held out, or scored leave-one-out)
     threshold_raw: float
     holdout_scores: list[float]  # raw image scores of those calibration images
-    feature_seconds: float
+    feature_seconds: float  # patch features and projection (the filters' passes are filter_seconds)
     coreset_seconds: float
     seconds: float
     n_denoised: int = 0  # patches dropped by cross-fitted denoising (denoise_fraction)
@@ -41,6 +41,7 @@ class FitResult:
     calibration_outliers: list[int] = field(default_factory=list)  # indices of held-out images set aside by calibration_fence
     holdout: list[int] = field(default_factory=list)  # indices of the calibration images, in the order of holdout_scores
     row_image: torch.Tensor | None = None  # [bank_size] long: the image (index into the fitted images) each bank row came from
+    filter_seconds: float = 0.0  # cross-fitted trim_fraction and denoise_fraction passes (0 when both are off)
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -111,9 +112,12 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     image_of = torch.arange(len(bank_idx)).repeat_interleave(per_image)  # [P]: bank image of each patch
     coreset_kw = dict(proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
     n_img, trimmed, kept = len(bank_idx), [], bank_idx  # kept[i]: the image index of kept bank image i
+    t_filter = 0.0
     if cfg.trim_fraction > 0:  # whole images that look defective next to the other half: likely unlabeled defects
+        tf = time.perf_counter()
         keep_img = image_keep_mask(feats, n_img, cfg.trim_fraction, cfg.coreset_ratio, cfg.max_bank,
                                    torch.Generator().manual_seed(cfg.seed + 2), **coreset_kw)  # [n_img]
+        t_filter += time.perf_counter() - tf
         trimmed, n_img, kept = bank_idx[~keep_img].tolist(), int(keep_img.sum()), bank_idx[keep_img]
         feats = feats[keep_img[image_of]]  # still image-major, kept images only
         image_of = torch.arange(n_img).repeat_interleave(per_image)
@@ -122,11 +126,13 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
         calib_feats = feats.view(n_img, per_image, -1)[calib].reshape(-1, feats.shape[1])
     n_denoised = 0
     if cfg.denoise_fraction > 0:  # before the coreset, which would pick exactly those far-out patches first
+        tf = time.perf_counter()
         dist = cross_fit_distances(feats, n_img, cfg.coreset_ratio, cfg.max_bank, torch.Generator().manual_seed(cfg.seed + 1),
                                    **coreset_kw)
+        t_filter += time.perf_counter() - tf
         keep = keep_mask(dist, cfg.denoise_fraction)
         feats, image_of, n_denoised = feats[keep], image_of[keep], int((~keep).sum())
-    t_feat = time.perf_counter() - t0
+    t_feat = time.perf_counter() - t0 - t_filter
     n_select = coreset_size(feats.shape[0], cfg.coreset_ratio, cfg.max_bank)
     t1 = time.perf_counter()
     sel = greedy_coreset(feats, n_select, generator=g, **coreset_kw)
@@ -158,7 +164,7 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     inspector.set_threshold(thr, float(maps[torch.from_numpy(~outlier)].mean()))
     return FitResult(inspector, n_patches, len(sel), n_img, len(hold_idx), thr, scores.tolist(), t_feat, t_core, time.perf_counter() - t0,
                      n_denoised, n_unsupported, trimmed, hold_idx[torch.from_numpy(outlier)].tolist(), hold_idx.tolist(),
-                     kept[row_image])
+                     kept[row_image], t_filter)
 
 
 def save_inspector(inspector: Inspector, path: str | Path, meta: dict[str, Any]) -> Path:
