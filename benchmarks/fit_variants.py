@@ -40,7 +40,8 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     try:
         return name, parse_overrides(filter(None, body.split(",")))
     except ValueError as err:
-        raise SystemExit(f"variant {spec!r}: {err}") from None
+        # keys here are scorer keys without the `scorer.` prefix, whatever the shared message's example says
+        raise SystemExit(f"variant {spec!r}: {err} (here: a scorer key, e.g. calibration=leave_one_out)") from None
 
 
 def ort_latency(run: Path) -> dict[str, float]:
