@@ -16,28 +16,74 @@ from pipeline.scoring.fit import fit_inspector, raw_maps, split_holdout
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
-def naive_trim(feats: torch.Tensor, n_images: int, fraction: float, seed: int) -> set[int]:
-    """Images to drop: each image's score is its largest distance from a patch to the nearest patch of
-    the other half (halves from randperm(seed), as cross_fit_distances draws them); drop the top share."""
+def naive_scores(feats: torch.Tensor, n_images: int, perm: list[int], reference: list[bool]) -> list[float]:
+    """Each image's largest distance from one of its patches to the nearest patch of the other half's
+    reference images (halves: the two ends of perm; all of the other half when none of it is reference)."""
     p = feats.shape[0] // n_images
-    perm = torch.randperm(n_images, generator=torch.Generator().manual_seed(seed)).tolist()
     half = {img: (0 if pos < n_images // 2 else 1) for pos, img in enumerate(perm)}
     x = feats.double()
     score = []
     for a in range(n_images):
-        others = [j for j in range(feats.shape[0]) if half[j // p] != half[a]]
-        score.append(max(min(float((x[i] - x[j]).norm()) for j in others) for i in range(a * p, (a + 1) * p)))
+        other = [b for b in range(n_images) if half[b] != half[a]]
+        other = [b for b in other if reference[b]] or other
+        rows = [j for b in other for j in range(b * p, (b + 1) * p)]
+        score.append(max(min(float((x[i] - x[j]).norm()) for j in rows) for i in range(a * p, (a + 1) * p)))
+    return score
+
+
+def naive_trim(feats: torch.Tensor, n_images: int, fraction: float, seed: int, rounds: int = 1, fence: float = 0.0) -> set[int]:
+    """Images to drop: every round draws halves (randperm(seed), all rounds first, as image_keep_mask does),
+    scores each image against the other half's images the previous round kept and drops the top share;
+    with a fence, the last round drops only top-share images whose log score is above Q3 + fence * IQR."""
+    g = torch.Generator().manual_seed(seed)
+    perms = [torch.randperm(n_images, generator=g).tolist() for _ in range(rounds)]
+    keep = [True] * n_images
     k = math.floor(fraction * n_images)
-    return set(sorted(range(n_images), key=lambda a: -score[a])[:k])
+    for perm in perms:
+        score = naive_scores(feats, n_images, perm, keep)
+        drop = set(sorted(range(n_images), key=lambda a: -score[a])[:k])
+        keep = [a not in drop for a in range(n_images)]
+    if fence > 0:
+        q1, q3 = np.quantile(np.log(score), [0.25, 0.75])
+        drop = {a for a in drop if math.log(score[a]) > q3 + fence * (q3 - q1)}
+    return drop
 
 
-@pytest.mark.parametrize("n_images,p,d,fraction,seed", [(4, 3, 2, 0.25, 0), (9, 4, 3, 0.34, 1), (12, 5, 4, 0.5, 2), (6, 2, 2, 0.0, 3)])
-def test_image_keep_mask_matches_naive(n_images: int, p: int, d: int, fraction: float, seed: int) -> None:
-    feats = torch.randn(n_images * p, d, generator=torch.Generator().manual_seed(200 + seed))
-    # bank_ratio 1: the coreset is the whole other half, so the distances are exact
-    keep = image_keep_mask(feats, n_images, fraction, 1.0, 10_000, torch.Generator().manual_seed(seed), proj_dim=0)
-    assert keep.shape == (n_images,) and keep.dtype == torch.bool
-    assert set(torch.nonzero(~keep).flatten().tolist()) == naive_trim(feats, n_images, fraction, seed)
+@pytest.mark.parametrize("n_images,p,d,fraction,seed,rounds", [(8, 3, 2, 0.25, 5, 2), (12, 4, 3, 0.34, 6, 3), (10, 2, 2, 0.5, 7, 2)])
+def test_iterative_trim_matches_naive(n_images: int, p: int, d: int, fraction: float, seed: int, rounds: int) -> None:
+    feats = torch.randn(n_images * p, d, generator=torch.Generator().manual_seed(300 + seed))
+    keep = image_keep_mask(feats, n_images, fraction, 1.0, 10_000, torch.Generator().manual_seed(seed), rounds=rounds, proj_dim=0)
+    assert set(torch.nonzero(~keep).flatten().tolist()) == naive_trim(feats, n_images, fraction, seed, rounds=rounds)
+
+
+def test_fenced_trim_matches_naive_and_spares_a_clean_list() -> None:
+    g = torch.Generator().manual_seed(9)
+    n, p = 24, 4
+    feats = torch.randn(n * p, 3, generator=g)
+    clean = image_keep_mask(feats, n, 0.25, 1.0, 10_000, torch.Generator().manual_seed(1), fence=3.0, proj_dim=0)
+    assert set(torch.nonzero(~clean).flatten().tolist()) == naive_trim(feats, n, 0.25, 1, fence=3.0)
+    assert clean.all()  # Gaussian patches: no image is a gross outlier, nothing is dropped
+    feats[5 * p + 1] += 40.0  # one grossly odd image among them
+    dirty = image_keep_mask(feats, n, 0.25, 1.0, 10_000, torch.Generator().manual_seed(1), fence=3.0, proj_dim=0)
+    assert torch.nonzero(~dirty).flatten().tolist() == [5] == sorted(naive_trim(feats, n, 0.25, 1, fence=3.0))
+
+
+def test_later_rounds_stop_twins_vouching_for_each_other() -> None:
+    """Two images share the same odd patch ("twins": one defect kind). When the halves split them, each
+    is the other's near neighbour and one round keeps both; rounds with fresh halves, each scored
+    against what the previous round kept, catch them once they land together and then keep them out."""
+    g = torch.Generator().manual_seed(11)
+    n, p = 20, 6
+    feats = torch.randn(n * p, 4, generator=g)
+    feats[3 * p + 2] += 12.0
+    feats[14 * p + 0] = feats[3 * p + 2] + 0.05  # the same defect patch in another image
+    seed = next(s for s in range(100)  # a seed whose first halves split the twins
+                if len({pos < n // 2 for pos, img in enumerate(torch.randperm(n, generator=torch.Generator().manual_seed(s)).tolist())
+                        if img in (3, 14)}) == 2)
+    one = image_keep_mask(feats, n, 0.1, 1.0, 10_000, torch.Generator().manual_seed(seed), proj_dim=0)
+    assert one[3] and one[14]
+    many = image_keep_mask(feats, n, 0.1, 1.0, 10_000, torch.Generator().manual_seed(seed), rounds=8, proj_dim=0)
+    assert torch.nonzero(~many).flatten().tolist() == [3, 14]
 
 
 def test_one_odd_patch_condemns_its_whole_image() -> None:
@@ -51,10 +97,14 @@ def test_one_odd_patch_condemns_its_whole_image() -> None:
     assert torch.nonzero(~keep).flatten().tolist() == [7, 13]
 
 
-def test_config_rejects_bad_trim_fraction() -> None:
+def test_config_rejects_bad_trim_settings() -> None:
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="trim_fraction"):
             ScorerConfig(trim_fraction=bad)
+    with pytest.raises(ValueError, match="trim_rounds"):
+        ScorerConfig(trim_rounds=0)
+    with pytest.raises(ValueError, match="trim_fence"):
+        ScorerConfig(trim_fence=-1.0)
 
 
 def test_fit_trims_the_contaminating_images(spotted_training_set) -> None:  # noqa: ANN001

@@ -22,6 +22,8 @@ class ScorerConfig:
     coreset_chunk: int = 100_000  # greedy k-center runs per chunk of this many patches
     coreset_refine: float = 1.0  # >1: chunks keep refine x bank size, then one global pass (see coreset.py)
     trim_fraction: float = 0.0  # drop this share of bank images with the highest cross-fitted image score (denoise.py); 0: off
+    trim_rounds: int = 1  # >1: re-score against the images the previous round kept, so defects of one kind stop vouching for each other
+    trim_fence: float = 0.0  # >0: of that share, drop only images above Q3 + fence * IQR of the log image scores; 0: the whole share
     denoise_fraction: float = 0.0  # drop this share of training patches farthest from the other images' (denoise.py); 0: off
     min_support: int = 1  # drop bank rows nearest to patches of fewer distinct training images (support.py); 1: off
     knn_chunk: int = 4096  # memory-bank rows per matmul in the nearest-neighbour search
@@ -49,6 +51,10 @@ class ScorerConfig:
             raise ValueError(f"projection {self.projection!r} needs feature_dim (the number of principal directions kept)")
         if not 0 <= self.trim_fraction < 1:
             raise ValueError(f"trim_fraction must be in [0, 1), got {self.trim_fraction}")
+        if self.trim_rounds < 1:
+            raise ValueError(f"trim_rounds must be >= 1 (1: one cross-fitted pass), got {self.trim_rounds}")
+        if self.trim_fence < 0:
+            raise ValueError(f"trim_fence must be >= 0 (0 drops the whole trim_fraction), got {self.trim_fence}")
         if not 0 <= self.denoise_fraction < 1:
             raise ValueError(f"denoise_fraction must be in [0, 1), got {self.denoise_fraction}")
         if self.calibration_fence < 0:

@@ -15,6 +15,14 @@ The same distances rank whole images: an image's largest patch distance is its c
 anomaly score, and `trim_fraction` drops the highest-scoring share of the bank images before
 anything else (keep_mask over the image maxima). A patch-level cut takes rare normal surface
 from every image; an image-level cut takes every patch of a few images, defect and all.
+
+One pass misses the defective images whose kind recurs: a Blowhole in one half finds the
+other half's Blowholes in its reference and looks normal ("vouching"). `trim_rounds` > 1 trims
+iteratively, as trimmed estimators do: each later round draws new halves and scores every image
+against the other half's images that survived the previous round, so the twins the first round
+caught no longer vouch. `trim_fence` > 0 makes the last round's cut data-driven: of the top
+`trim_fraction`, only images whose score sits above Q3 + fence * IQR of the log image scores are
+dropped (the rule of `calibration_fence`), so a clean list loses little or nothing.
 """
 from __future__ import annotations
 
@@ -22,26 +30,34 @@ import math
 
 import torch
 
+from pipeline.metrics.calibration import calibration_outliers
 from pipeline.scoring.coreset import coreset_size, greedy_coreset
 from pipeline.scoring.knn import nearest_distance
 
 
 @torch.no_grad()
 def cross_fit_distances(feats: torch.Tensor, n_images: int, bank_ratio: float, max_bank: int, generator: torch.Generator,
-                        query_chunk: int = 16384, **coreset_kw) -> torch.Tensor:
+                        query_chunk: int = 16384, *, perm: torch.Tensor | None = None, reference: torch.Tensor | None = None,
+                        **coreset_kw) -> torch.Tensor:
     """feats [n_images * P, D] (image-major patch features) -> distance of each patch [n_images * P]
     to the nearest row of a coreset of the *other* half of the images (`bank_ratio` of its
-    patches, at most `max_bank` rows). Halves are drawn with `generator`."""
+    patches, at most `max_bank` rows). Halves are the two ends of `perm` [n_images] (drawn with
+    `generator` when None). `reference` bool [n_images] limits which images may serve as the
+    other half's reference (every image is still scored); a half with no reference image left
+    falls back to all of it."""
     if n_images < 2:
         return torch.zeros(feats.shape[0])
     p, dim = feats.shape[0] // n_images, feats.shape[1]
     if p * n_images != feats.shape[0]:
         raise ValueError(f"{feats.shape[0]} patch rows do not split into {n_images} images")
     per_image = feats.view(n_images, p, dim)
-    perm = torch.randperm(n_images, generator=generator)
+    if perm is None:
+        perm = torch.randperm(n_images, generator=generator)
     halves = (perm[: n_images // 2], perm[n_images // 2 :])
     out = torch.empty(n_images, p)
     for mine, other in (halves, halves[::-1]):
+        if reference is not None and reference[other].any():
+            other = other[reference[other]]
         ref = per_image[other].reshape(-1, dim)  # [len(other) * P, D]
         bank = ref[greedy_coreset(ref, coreset_size(ref.shape[0], bank_ratio, max_bank), generator=generator, **coreset_kw)]
         bank_sq = (bank * bank).sum(dim=1)
@@ -52,11 +68,25 @@ def cross_fit_distances(feats: torch.Tensor, n_images: int, bank_ratio: float, m
 
 
 def image_keep_mask(feats: torch.Tensor, n_images: int, fraction: float, bank_ratio: float, max_bank: int,
-                    generator: torch.Generator, **coreset_kw) -> torch.Tensor:
+                    generator: torch.Generator, rounds: int = 1, fence: float = 0.0, **coreset_kw) -> torch.Tensor:
     """feats [n_images * P, D] (image-major) -> bool [n_images]: False for the floor(fraction * n_images)
-    images with the largest cross-fitted patch distance (their most anomalous patch)."""
-    dist = cross_fit_distances(feats, n_images, bank_ratio, max_bank, generator, **coreset_kw)
-    return keep_mask(dist.view(n_images, -1).amax(dim=1), fraction)
+    images with the largest cross-fitted patch distance (their most anomalous patch).
+
+    rounds > 1: each round after the first scores every image against the other half's images the
+    previous round kept (new halves each round; all rounds' halves are drawn first, from `generator`).
+    fence > 0: the last round drops only those of its top share whose score is a Tukey outlier
+    (`calibration_outliers` over all image scores)."""
+    if rounds < 1:
+        raise ValueError(f"trim rounds must be >= 1, got {rounds}")
+    perms = [torch.randperm(n_images, generator=generator) for _ in range(rounds)]
+    keep = torch.ones(n_images, dtype=torch.bool)
+    for perm in perms:
+        dist = cross_fit_distances(feats, n_images, bank_ratio, max_bank, generator, perm=perm, reference=keep, **coreset_kw)
+        scores = dist.view(n_images, -1).amax(dim=1)  # [n_images]
+        keep = keep_mask(scores, fraction)
+    if fence > 0:
+        keep |= torch.from_numpy(~calibration_outliers(scores.numpy(), fence))
+    return keep
 
 
 def keep_mask(distances: torch.Tensor, fraction: float) -> torch.Tensor:

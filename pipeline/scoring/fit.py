@@ -116,7 +116,8 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     if cfg.trim_fraction > 0:  # whole images that look defective next to the other half: likely unlabeled defects
         tf = time.perf_counter()
         keep_img = image_keep_mask(feats, n_img, cfg.trim_fraction, cfg.coreset_ratio, cfg.max_bank,
-                                   torch.Generator().manual_seed(cfg.seed + 2), **coreset_kw)  # [n_img]
+                                   torch.Generator().manual_seed(cfg.seed + 2), rounds=cfg.trim_rounds, fence=cfg.trim_fence,
+                                   **coreset_kw)  # [n_img]
         t_filter += time.perf_counter() - tf
         trimmed, n_img, kept = bank_idx[~keep_img].tolist(), int(keep_img.sum()), bank_idx[keep_img]
         feats = feats[keep_img[image_of]]  # still image-major, kept images only
