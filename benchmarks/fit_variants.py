@@ -87,6 +87,9 @@ def main() -> None:
                                  "per_class", "per_class_pixel")},
             "overrides": overrides, "scorer": to_dict(cfg.scorer), "pretrain_epochs": epochs, "bank_size": fit["bank_size"],
             "fit_seconds": fit["seconds"], "data": str(args.data), "commit": git_commit(), "created": now(),
+            # which training images trim_fraction judged defective-looking (the robustness lists plant known ones)
+            "n_trimmed": fit.get("n_trimmed", 0), "trimmed_images": fit.get("trimmed_images", []),
+            "n_calibration_outliers": fit.get("n_calibration_outliers", 0),
             **(ort_latency(run) if args.latency else {}),
         }
         write_json_atomic(OUT, results)
