@@ -96,7 +96,8 @@ def main() -> None:
         row = results[f"{tag}/{name}"]
         timing = f" ort p50 {row['ort_cpu_p50_ms']:.1f} ms (encoder {row['ort_encoder_ms']:.1f}, search {row['ort_search_ms']:.1f})" if args.latency else ""
         print(f"{tag}/{name}: image {m['image_auroc']:.3f} pixel {m['pixel_auroc']:.3f} AUPRO {m['aupro']:.3f} "
-              f"FAR {m['false_alarm_rate']:.1%} recall {m['recall_at_threshold']:.1%} bank {fit['bank_size']} fit {fit['seconds']:.0f}s{timing}", flush=True)
+              f"FAR {m['false_alarm_rate']:.1%} recall {m['recall_at_threshold']:.1%} bank {fit['bank_size']} trimmed {row['n_trimmed']} "
+              f"fit {fit['seconds']:.0f}s{timing}", flush=True)
 
 
 if __name__ == "__main__":
