@@ -311,6 +311,25 @@ def test_pretrain_step_is_deterministic_whatever_the_global_rng(tiny_data: Path,
         pretrain_step(tiny_data / "split.json", tmp_path / str(i), "smoke", epochs=1, progress=False)
         states.append(load_encoder(tmp_path / str(i) / ENCODER_FILE)[0].state_dict())
     _assert_same(states[0], states[1])
+    # pretrain.json's digest names the saved weights: equal here, and equal to the file's own digest
+    import json
+
+    from pipeline.steps import state_digest
+
+    summaries = [json.loads((tmp_path / str(i) / "pretrain.json").read_text()) for i in range(2)]
+    assert summaries[0]["encoder_digest"] == summaries[1]["encoder_digest"] == state_digest(load_encoder(tmp_path / "0" / ENCODER_FILE)[0])
+    assert summaries[0]["machine"]["torch_threads"] == torch.get_num_threads() and summaries[0]["machine"]["cpu"]
+
+
+def test_state_digest_sees_one_changed_bit() -> None:
+    from pipeline.steps import state_digest
+
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert state_digest(a) == state_digest(b)
+    with torch.no_grad():
+        b.weight.view(-1)[4] = torch.nextafter(b.weight.view(-1)[4], torch.tensor(1e9))
+    assert state_digest(a) != state_digest(b)
 
 
 def test_msc_center_is_fixed_from_the_initial_weights(images: torch.Tensor, tmp_path: Path) -> None:
