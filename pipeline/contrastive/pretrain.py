@@ -68,6 +68,9 @@ class PretrainConfig:
     momentum: float = 0.99  # moco key encoder EMA
     angular_weight: float = 0.0  # msc: weight of the angular centre term (0: plain mean-shifted contrast)
     freeze_bn: bool = False  # keep pretrained BatchNorm statistics (fine-tuning)
+    # NHWC activations: oneDNN's CPU convolutions run a training step of the default encoder about 18% faster
+    # (0.47 -> 0.39 s at batch 32, 2 threads); sums run in another order, so not bit-identical to False
+    channels_last: bool = False
     # side the training images are loaded at before views are cut; None: the scorer's image_size.
     # Set it to keep the views' source resolution when the scorer's resolution changes.
     image_size: int | None = None
@@ -226,6 +229,9 @@ def pretrain(
 
     torch.manual_seed(cfg.seed)  # head initialisation
     model = ContrastiveModel(encoder, cfg).to(device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if cfg.channels_last:
+        model = model.to(memory_format=fmt)
     rank, world = _world()
     if world > 1 and batch % world:
         raise ValueError(f"the batch of {batch} images does not split evenly over {world} processes; choose a batch size divisible by {world}")
@@ -292,6 +298,7 @@ def pretrain(
             pmask = None
             if cfg.method in DENSE_METHODS and cfg.perturb.prob > 0:
                 v1, pmask = perturb(v1, cfg.perturb, g)
+            v0, v1 = v0.contiguous(memory_format=fmt), v1.contiguous(memory_format=fmt)
             if world > 1:  # this rank embeds its shard; _loss gathers the whole batch's embeddings
                 v0, v1 = v0.chunk(world)[rank], v1.chunk(world)[rank]
             loss = _loss(net, key_model, cfg, v0, v1, theta0, theta1, queue, g, ntxent, infonce, dense_loss, spot_loss, pmask,
