@@ -49,6 +49,15 @@ def naive_trim(feats: torch.Tensor, n_images: int, fraction: float, seed: int, r
     return drop
 
 
+@pytest.mark.parametrize("n_images,p,d,fraction,seed", [(4, 3, 2, 0.25, 0), (9, 4, 3, 0.34, 1), (12, 5, 4, 0.5, 2), (6, 2, 2, 0.0, 3)])
+def test_image_keep_mask_matches_naive(n_images: int, p: int, d: int, fraction: float, seed: int) -> None:
+    feats = torch.randn(n_images * p, d, generator=torch.Generator().manual_seed(200 + seed))
+    # bank_ratio 1: the coreset is the whole other half, so the distances are exact
+    keep = image_keep_mask(feats, n_images, fraction, 1.0, 10_000, torch.Generator().manual_seed(seed), proj_dim=0)
+    assert keep.shape == (n_images,) and keep.dtype == torch.bool
+    assert set(torch.nonzero(~keep).flatten().tolist()) == naive_trim(feats, n_images, fraction, seed)
+
+
 @pytest.mark.parametrize("n_images,p,d,fraction,seed,rounds", [(8, 3, 2, 0.25, 5, 2), (12, 4, 3, 0.34, 6, 3), (10, 2, 2, 0.5, 7, 2)])
 def test_iterative_trim_matches_naive(n_images: int, p: int, d: int, fraction: float, seed: int, rounds: int) -> None:
     feats = torch.randn(n_images * p, d, generator=torch.Generator().manual_seed(300 + seed))
