@@ -88,8 +88,8 @@ def main() -> None:
             "overrides": overrides, "scorer": to_dict(cfg.scorer), "pretrain_epochs": epochs, "bank_size": fit["bank_size"],
             "fit_seconds": fit["seconds"], "data": str(args.data), "commit": git_commit(), "created": now(),
             # which training images trim_fraction judged defective-looking (the robustness lists plant known ones)
-            "n_trimmed": fit.get("n_trimmed", 0), "trimmed_images": fit.get("trimmed_images", []),
-            "n_calibration_outliers": fit.get("n_calibration_outliers", 0),
+            "n_trimmed": fit["n_trimmed"], "trimmed_images": fit["trimmed_images"],
+            "n_calibration_outliers": fit["n_calibration_outliers"],
             **(ort_latency(run) if args.latency else {}),
         }
         write_json_atomic(OUT, results)

@@ -19,7 +19,6 @@ JSON shape::
 """
 from __future__ import annotations
 
-import os
 import platform
 import time
 from pathlib import Path
@@ -200,8 +199,7 @@ def measure_latency(
     """Time every available runtime (or those named) on a bundle; see the module docstring for the result."""
     import torch
 
-    from pipeline.steps import now
-    from pipeline.steps import git_commit
+    from pipeline.steps import git_commit, machine_info, now
 
     say = progress or (lambda msg: None)
     bundle = read_bundle(bundle_dir)
@@ -230,8 +228,7 @@ def measure_latency(
     result.update({
         "image_size": s, "channels": c, "bank_size": m["bank_size"], "knn_chunk": m.get("knn_chunk"), "batch": batch,
         "model_version": bundle.model_version, "encoder": m.get("encoder"), "commit": git_commit(), "created": now(),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                    "processor": platform.processor() or platform.machine(),
+        "machine": {**machine_info(), "processor": platform.processor() or platform.machine(),
                     "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "note": "batch-1 times are end to end (numpy uint8 in, numpy out); throughput at batch `batch`",
     })
