@@ -73,7 +73,7 @@ class ExportError(ValueError):
 
 
 class _BankAsInputs(torch.nn.Module):
-    """Runs `inspector.forward` unchanged, with its memory bank (squared norms, row floors) supplied as tracing inputs.
+    """Runs `inspector.forward` unchanged, with its memory bank (and squared norms) supplied as tracing inputs.
 
     Tracing cost then does not grow with the bank: the exporter's per-node shape
     inference would otherwise copy a 200k-row bank for every chunk's Slice. The
@@ -84,16 +84,13 @@ class _BankAsInputs(torch.nn.Module):
         super().__init__()
         self.inspector = inspector
 
-    def forward(self, frames: torch.Tensor, *bank: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, frames: torch.Tensor, memory_bank: torch.Tensor, bank_sq: torch.Tensor) -> tuple[torch.Tensor, ...]:
         ins = self.inspector
-        for name, t in zip(bank_buffers(ins), bank):
-            setattr(ins, name, t)  # registered buffers: plain reassignment
+        ins.memory_bank, ins.bank_sq = memory_bank, bank_sq  # registered buffers: plain reassignment
         return tuple(ins(frames))
 
 
-def bank_buffers(inspector: torch.nn.Module) -> tuple[str, ...]:
-    """Names of the inspector's bank-sized buffers: memory_bank [B, D], bank_sq [B] and, with row floors, bank_floor_sq [B]."""
-    return ("memory_bank", "bank_sq", "bank_floor_sq") if getattr(inspector, "has_floor", False) else ("memory_bank", "bank_sq")
+_BANK_INPUTS = ("memory_bank", "bank_sq")
 
 
 def torch_to_onnx(inspector: torch.nn.Module, opset: int = EXPORT_OPSET) -> onnx.ModelProto:
@@ -104,25 +101,22 @@ def torch_to_onnx(inspector: torch.nn.Module, opset: int = EXPORT_OPSET) -> onnx
     """
     s, c = inspector.cfg.image_size, inspector.encoder.cfg.in_channels
     example = torch.randint(0, 256, (2, s, s, c), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    names = bank_buffers(inspector)
-    bank = [getattr(inspector, n) for n in names]
+    bank, bank_sq = inspector.memory_bank, inspector.bank_sq
     buf = io.BytesIO()
     dyn = {INPUT_NAME: {0: "N"}, **{name: {0: "N"} for name in OUTPUT_NAMES}}
     inspector = inspector.eval()
-    for n, t in zip(names, bank):  # keep the big buffers out of the exporter's params
-        setattr(inspector, n, t[:1].clone())
+    inspector.memory_bank, inspector.bank_sq = bank[:1].clone(), bank_sq[:1].clone()  # keep the big buffers out of the exporter's params
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches (static S by design)
-            torch.onnx.export(_BankAsInputs(inspector).eval(), (example, *bank), buf, dynamo=False,
-                              input_names=[INPUT_NAME, *names], output_names=list(OUTPUT_NAMES),
+            torch.onnx.export(_BankAsInputs(inspector).eval(), (example, bank, bank_sq), buf, dynamo=False,
+                              input_names=[INPUT_NAME, *_BANK_INPUTS], output_names=list(OUTPUT_NAMES),
                               dynamic_axes=dyn, opset_version=opset, do_constant_folding=True)
     finally:
-        for n, t in zip(names, bank):
-            setattr(inspector, n, t)
+        inspector.memory_bank, inspector.bank_sq = bank, bank_sq
         inspector.eval()  # the exporter restores the wrapper's mode onto the whole tree
     model = onnx.load_from_string(buf.getvalue())
-    _bank_inputs_to_initializers(model, {n: t.numpy() for n, t in zip(names, bank)})
+    _bank_inputs_to_initializers(model, {"memory_bank": bank.numpy(), "bank_sq": bank_sq.numpy()})
     _strip_prefix(model, "inspector")
     model = simplify(model)
     onnx.checker.check_model(model, full_check=True)
@@ -595,10 +589,9 @@ def refit_int8(int8_path: Path, inspector: torch.nn.Module, train_frames: np.nda
     from pipeline.scoring.fit import split_holdout
 
     cfg = inspector.cfg
-    if cfg.trim_fraction > 0 or cfg.denoise_fraction > 0 or cfg.min_support > 1 or cfg.row_floor_images > 0:  # all change the bank with the features: no fixed chunks to swap
-        raise ExportError(f"INT8 re-fit repeats the plain coreset only, and this run's scorer drops images, patches or rows, or floors them "
-                          f"(trim_fraction {cfg.trim_fraction}, denoise_fraction {cfg.denoise_fraction}, min_support {cfg.min_support}, "
-                          f"row_floor_images {cfg.row_floor_images})")
+    if cfg.trim_fraction > 0 or cfg.denoise_fraction > 0 or cfg.min_support > 1:  # all change the bank with the features: no fixed chunks to swap
+        raise ExportError(f"INT8 re-fit repeats the plain coreset only, and this run's scorer drops images, patches or rows "
+                          f"(trim_fraction {cfg.trim_fraction}, denoise_fraction {cfg.denoise_fraction}, min_support {cfg.min_support})")
     model = onnx.load(str(int8_path))
     g = model.graph
     layout = graph_layout(model)

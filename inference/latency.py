@@ -142,7 +142,7 @@ def split_torch(bundle: Bundle, min_iters: int, seconds: float) -> dict[str, flo
     def search() -> torch.Tensor:
         f = enc()
         n, d, h, w = f.shape
-        return nearest_distance(f.permute(0, 2, 3, 1).reshape(n * h * w, d), m.memory_bank, m.bank_sq, m.cfg.knn_chunk, m.floor_sq)
+        return nearest_distance(f.permute(0, 2, 3, 1).reshape(n * h * w, d), m.memory_bank, m.bank_sq, m.cfg.knn_chunk)
 
     with torch.inference_mode():
         fns = [enc, search, lambda: m(x)]

@@ -26,7 +26,6 @@ class ScorerConfig:
     trim_fence: float = 0.0  # >0: of that share, drop only images above Q3 + fence * IQR of the log image scores; 0: the whole share
     denoise_fraction: float = 0.0  # drop this share of training patches farthest from the other images' (denoise.py); 0: off
     min_support: int = 1  # drop bank rows nearest to patches of fewer distinct training images (support.py); 1: off
-    row_floor_images: int = 0  # >0: a bank row scores no query below its distance to the k-th other training image (floor.py); 0: off
     knn_chunk: int = 4096  # memory-bank rows per matmul in the nearest-neighbour search
     blur_sigma: float = 4.0  # Gaussian smoothing of the upsampled map, in pixels
     score_reduce: str = "max"  # image score = map max, or mean of the top `topk_fraction` pixels
@@ -62,7 +61,5 @@ class ScorerConfig:
             raise ValueError(f"calibration_fence must be >= 0 (0 calibrates on every held-out image), got {self.calibration_fence}")
         if self.min_support < 1:
             raise ValueError(f"min_support must be >= 1 (1 keeps every bank row), got {self.min_support}")
-        if self.row_floor_images < 0:
-            raise ValueError(f"row_floor_images must be >= 0 (0: no row floors), got {self.row_floor_images}")
         if not 0 < self.coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")

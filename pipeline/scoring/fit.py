@@ -15,7 +15,6 @@ from pipeline.metrics import robust_threshold
 from pipeline.scoring.config import ScorerConfig
 from pipeline.scoring.coreset import coreset_size, greedy_coreset
 from pipeline.scoring.denoise import cross_fit_distances, image_keep_mask, keep_mask
-from pipeline.scoring.floor import row_floors
 from pipeline.scoring.inspector import Inspector
 from pipeline.scoring.leave_one_out import SAMPLE_SEED_OFFSET, calibration_sample, leave_one_out_maps
 from pipeline.scoring.projection import fit_pca
@@ -145,21 +144,17 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
             raise ValueError(f"scorer.min_support {cfg.min_support}: no bank row is supported by that many of the "
                              f"{n_img} bank images; lower min_support or fit on more images")
         sel, n_unsupported = sel[supported], int((~supported).sum())
-    row_image = image_of[sel]  # [B] kept-image id of each bank row
-    floor = None
-    if cfg.row_floor_images > 0:  # rows backed by few images cannot pull a score below where k images back it
-        floor = row_floors(feats[sel], row_image, feats, image_of, cfg.row_floor_images, cfg.knn_chunk)
     t_core = time.perf_counter() - t1
     inspector = Inspector(encoder, cfg, bank_size=len(sel)).eval()
     if projection is not None:
         inspector.set_projection(*projection)
-    inspector.set_bank(feats[sel], floor)
+    inspector.set_bank(feats[sel])
+    row_image = image_of[sel]  # [B] kept-image id of each bank row
     if loo:
         hold_idx = kept[calib]
         with torch.no_grad():
             grid = tuple(probe.patch_channels(images[:1].float() / 255.0).shape[-2:])
-        maps = leave_one_out_maps(calib_feats, calib, feats[sel], row_image, grid, inspector.distance_map, chunk=cfg.knn_chunk,
-                                  floor_sq=inspector.floor_sq)
+        maps = leave_one_out_maps(calib_feats, calib, feats[sel], row_image, grid, inspector.distance_map, chunk=cfg.knn_chunk)
         del calib_feats
     else:
         maps = raw_maps(inspector, images[hold_idx], progress=progress)

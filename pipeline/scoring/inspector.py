@@ -46,9 +46,6 @@ class Inspector(nn.Module):
             d = cfg.feature_dim
         self.register_buffer("memory_bank", torch.zeros(bank_size, d))  # [B, D]
         self.register_buffer("bank_sq", torch.zeros(bank_size))  # ||bank||^2, precomputed
-        self.has_floor = cfg.row_floor_images > 0
-        if self.has_floor:  # squared row floors (floor.py); absent otherwise, so other graphs stay as they were
-            self.register_buffer("bank_floor_sq", torch.zeros(bank_size))  # [B]
         # raw -> normalized: (raw - offset) * scale; threshold_raw maps to 0.5
         self.register_buffer("norm_offset", torch.tensor(0.0))
         self.register_buffer("norm_scale", torch.tensor(1.0))
@@ -59,19 +56,10 @@ class Inspector(nn.Module):
         self.proj_weight.copy_(weight)
         self.proj_bias.copy_(bias)
 
-    def set_bank(self, bank: torch.Tensor, floor: torch.Tensor | None = None) -> None:
-        """bank: [B, D] patch features of good training images; floor [B]: row floors (row_floor_images > 0)."""
-        if self.has_floor != (floor is not None):
-            raise ValueError("row floors are given exactly when scorer.row_floor_images > 0")
+    def set_bank(self, bank: torch.Tensor) -> None:
+        """bank: [B, D] patch features of good training images."""
         self.memory_bank.copy_(bank)
         self.bank_sq.copy_((bank * bank).sum(dim=1))
-        if floor is not None:
-            self.bank_floor_sq.copy_(floor * floor)
-
-    @property
-    def floor_sq(self) -> torch.Tensor | None:
-        """[B] squared row floors, or None without them."""
-        return self.bank_floor_sq if self.has_floor else None
 
     def set_threshold(self, threshold_raw: float, offset: float) -> None:
         """Calibrate: raw `offset` (typical good pixel) -> 0, `threshold_raw` -> 0.5."""
@@ -105,7 +93,7 @@ class Inspector(nn.Module):
         f = self.features(x)
         n, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(n * h * w, d)  # [N*h*w, D]
-        dist = nearest_distance(q, self.memory_bank, self.bank_sq, self.cfg.knn_chunk, self.floor_sq).reshape(n, 1, h, w)
+        dist = nearest_distance(q, self.memory_bank, self.bank_sq, self.cfg.knn_chunk).reshape(n, 1, h, w)
         return self.distance_map(dist)
 
     def distance_map(self, dist: torch.Tensor) -> torch.Tensor:

@@ -7,9 +7,6 @@ runtime (ONNX Runtime, TensorRT) runs fast; chunking the bank bounds the
 [queries x chunk] block is one MatMul (the -2 is folded into the [M, D] queries), one
 Add of ||b||^2 and the min: one pass over the block fewer than the expanded sum.
 (The MatMul stays a separate node: fp16 exports run it in fp16 and the Add in fp32.)
-With row floors (`scorer.row_floor_images`, floor.py) each row's squared distance is raised to
-at least its floor before the min, so ||q||^2 must be added to the block first: one Add and
-one Max more per block, only in inspectors that carry floors.
 """
 from __future__ import annotations
 
@@ -24,24 +21,16 @@ def _distance_blocks(q2: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor
         yield s, q2 @ bank[s : s + chunk].T + bank_sq[s : s + chunk]
 
 
-def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None, chunk: int = 4096,
-                     floor_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """queries [M, D], bank [B, D] (bank_sq [B] = ||bank||^2, optional) -> distance to the nearest bank row [M].
-
-    floor_sq [B] (optional): squared row floors; the result is then min_b max(||q - b||, floor_b).
-    """
+def nearest_distance(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None, chunk: int = 4096) -> torch.Tensor:
+    """queries [M, D], bank [B, D] (bank_sq [B] = ||bank||^2, optional) -> distance to the nearest bank row [M]."""
     if bank_sq is None:
         bank_sq = (bank * bank).sum(dim=1)
     q_sq = (queries * queries).sum(dim=1, keepdim=True)  # [M, 1]
     best = None
-    for s, d in _distance_blocks(queries * -2.0, bank, bank_sq, chunk):
-        if floor_sq is not None:  # the floor applies to the full squared distance: add ||q||^2 first
-            d = torch.maximum(d + q_sq, floor_sq[s : s + chunk])
+    for _, d in _distance_blocks(queries * -2.0, bank, bank_sq, chunk):
         m = d.min(dim=1).values
         best = m if best is None else torch.minimum(best, m)
-    if floor_sq is None:
-        best = best + q_sq.squeeze(1)
-    return best.clamp_min(0).sqrt()
+    return (best + q_sq.squeeze(1)).clamp_min(0).sqrt()
 
 
 @torch.no_grad()

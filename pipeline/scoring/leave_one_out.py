@@ -22,11 +22,10 @@ from pipeline.scoring.knn import nearest_distance
 
 @torch.no_grad()
 def leave_one_out_distances(queries: torch.Tensor, query_image: torch.Tensor, bank: torch.Tensor, row_image: torch.Tensor,
-                            chunk: int = 4096, floor_sq: torch.Tensor | None = None) -> torch.Tensor:
+                            chunk: int = 4096) -> torch.Tensor:
     """queries [M, D] patch features, query_image [M] (long, their image ids), bank [B, D],
     row_image [B] (long, the image each bank row was selected from) -> [M] distance of each
-    query to its nearest bank row from *another* image (inf if there is none); floor_sq [B]
-    (optional) raises each row's squared distance to its floor, as `knn.nearest_distance` does.
+    query to its nearest bank row from *another* image (inf if there is none).
 
     Rows from none of the queries' images are searched as `knn.nearest_distance` does (one
     chunked matmul); only the few rows of the queries' own images need the per-query mask.
@@ -34,14 +33,12 @@ def leave_one_out_distances(queries: torch.Tensor, query_image: torch.Tensor, ba
     own = torch.isin(row_image, torch.unique(query_image))  # [B]
     best_sq = torch.full((queries.shape[0],), float("inf"))
     if (~own).any():
-        best_sq = nearest_distance(queries, bank[~own], chunk=chunk, floor_sq=None if floor_sq is None else floor_sq[~own]) ** 2
+        best_sq = nearest_distance(queries, bank[~own], chunk=chunk) ** 2
     if own.any():
         mine, mine_img = bank[own], row_image[own]  # [b, D], [b]
         for s in range(0, queries.shape[0], chunk):
             q = queries[s : s + chunk]
             d = torch.cdist(q, mine).square()  # [m, b]
-            if floor_sq is not None:
-                d = torch.maximum(d, floor_sq[own])
             d = d.masked_fill(query_image[s : s + chunk, None] == mine_img[None, :], float("inf"))
             best_sq[s : s + chunk] = torch.minimum(best_sq[s : s + chunk], d.min(dim=1).values)
     return best_sq.sqrt()
@@ -60,18 +57,18 @@ def calibration_sample(n_images: int, limit: int, generator: torch.Generator) ->
 @torch.no_grad()
 def leave_one_out_maps(patch_feats: torch.Tensor, image_ids: torch.Tensor, bank: torch.Tensor, row_image: torch.Tensor,
                        grid: tuple[int, int], to_map: Callable[[torch.Tensor], torch.Tensor], chunk: int = 4096,
-                       batch: int = 16, floor_sq: torch.Tensor | None = None) -> torch.Tensor:
+                       batch: int = 16) -> torch.Tensor:
     """patch_feats [n * h * w, D] (image-major: the n images to score), image_ids [n] (their ids
     in row_image's numbering), bank [B, D], row_image [B] -> raw maps [n, S, S] of those images
     against the bank less their own rows; `to_map` turns distances [k, 1, h, w] into maps
-    (`Inspector.distance_map`); floor_sq [B]: squared row floors, if the inspector has them."""
+    (`Inspector.distance_map`)."""
     h, w = grid
     per_image = patch_feats.view(len(image_ids), h * w, patch_feats.shape[1])  # [n, h*w, D]
     out = []
     for s in range(0, len(image_ids), batch):
         ids = image_ids[s : s + batch]
         q = per_image[s : s + batch].reshape(-1, patch_feats.shape[1])
-        d = leave_one_out_distances(q, ids.repeat_interleave(h * w), bank, row_image, chunk, floor_sq)
+        d = leave_one_out_distances(q, ids.repeat_interleave(h * w), bank, row_image, chunk)
         if torch.isinf(d).any():
             raise ValueError("leave-one-out calibration needs bank rows from at least two images; fit on more images")
         out.append(to_map(d.reshape(len(ids), 1, h, w)))
