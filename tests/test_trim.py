@@ -106,6 +106,44 @@ def test_one_odd_patch_condemns_its_whole_image() -> None:
     assert torch.nonzero(~keep).flatten().tolist() == [7, 13]
 
 
+def naive_loo_trim(feats: torch.Tensor, n_images: int, fraction: float, rounds: int) -> set[int]:
+    """Leave-one-out ranking with the whole bank (bank_ratio 1): each image's worst patch distance to the
+    patches of the other images the previous round kept; the top share is dropped every round."""
+    p = feats.shape[0] // n_images
+    x = feats.double()
+    keep = [True] * n_images
+    k = math.floor(fraction * n_images)
+    for _ in range(rounds):
+        score = []
+        for a in range(n_images):
+            rows = [j for b in range(n_images) if b != a and keep[b] for j in range(b * p, (b + 1) * p)]
+            score.append(max(min(float((x[i] - x[j]).norm()) for j in rows) for i in range(a * p, (a + 1) * p)))
+        drop = set(sorted(range(n_images), key=lambda a: -score[a])[:k])
+        keep = [a not in drop for a in range(n_images)]
+    return drop
+
+
+@pytest.mark.parametrize("n_images,p,d,fraction,seed,rounds", [(6, 3, 2, 0.34, 0, 1), (10, 4, 3, 0.2, 1, 1), (12, 3, 2, 0.25, 2, 3)])
+def test_leave_one_out_trim_matches_naive(n_images: int, p: int, d: int, fraction: float, seed: int, rounds: int) -> None:
+    """trim_score leave_one_out with the worst patch as the image score (to_scores = amax) against the naive reference."""
+    feats = torch.randn(n_images * p, d, generator=torch.Generator().manual_seed(400 + seed))
+    keep = image_keep_mask(feats, n_images, fraction, 1.0, 10_000, torch.Generator().manual_seed(seed), rounds=rounds,
+                           to_scores=lambda dist: dist.amax(dim=1), proj_dim=0)
+    assert set(torch.nonzero(~keep).flatten().tolist()) == naive_loo_trim(feats, n_images, fraction, rounds)
+
+
+def test_leave_one_out_trim_condemns_an_image_by_one_odd_patch() -> None:
+    """As with the cross-fitted ranking, one far-out patch in an otherwise normal image is enough (coreset of half the rows)."""
+    g = torch.Generator().manual_seed(4)
+    n, p = 20, 16
+    feats = torch.randn(n * p, 4, generator=g)
+    feats[7 * p + 5] += 15.0
+    feats[13 * p + 0] -= 15.0
+    keep = image_keep_mask(feats, n, 0.1, 0.5, 10_000, torch.Generator().manual_seed(0), to_scores=lambda dist: dist.amax(dim=1),
+                           proj_dim=0)
+    assert torch.nonzero(~keep).flatten().tolist() == [7, 13]
+
+
 def test_config_rejects_bad_trim_settings() -> None:
     for bad in (-0.1, 1.0):
         with pytest.raises(ValueError, match="trim_fraction"):
@@ -114,6 +152,8 @@ def test_config_rejects_bad_trim_settings() -> None:
         ScorerConfig(trim_rounds=0)
     with pytest.raises(ValueError, match="trim_fence"):
         ScorerConfig(trim_fence=-1.0)
+    with pytest.raises(ValueError, match="trim_score"):
+        ScorerConfig(trim_score="half")
 
 
 def test_fit_trims_the_contaminating_images(spotted_training_set) -> None:  # noqa: ANN001
@@ -137,6 +177,17 @@ def test_fit_trims_the_contaminating_images(spotted_training_set) -> None:  # no
     assert plain.filter_seconds == 0 < trimmed.filter_seconds  # the trim's cross-fit is booked apart from feature extraction
     assert trimmed.feature_seconds + trimmed.filter_seconds + trimmed.coreset_seconds <= trimmed.seconds
     assert raw[frac].mean() > raw[0.0].mean()
+
+
+def test_fit_trims_the_contaminating_images_by_leave_one_out_scores(spotted_training_set) -> None:  # noqa: ANN001
+    """The same with trim_score leave_one_out and leave-one-out calibration (every image in the bank): exactly
+    the two spotted images go."""
+    enc, images, _ = spotted_training_set
+    s = images.shape[-1]
+    res = fit_inspector(enc, images, ScorerConfig(image_size=s, blur_sigma=2, coreset_ratio=0.1, calibration="leave_one_out",
+                                                  trim_fraction=2 / images.shape[0], trim_score="leave_one_out"), progress=False)
+    assert sorted(res.trimmed) == [4, 17]
+    assert res.n_bank_images == images.shape[0] - 2 and not {4, 17} & set(res.holdout)
 
 
 def test_int8_refit_refuses_a_trimmed_bank(tmp_path) -> None:  # noqa: ANN001

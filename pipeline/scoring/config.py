@@ -6,6 +6,7 @@ from dataclasses import dataclass
 SCORE_REDUCTIONS = ("max", "topk")
 PROJECTIONS = ("group", "pca", "whiten")  # see projection.py
 CALIBRATIONS = ("holdout", "leave_one_out")  # see fit.py and leave_one_out.py
+TRIM_SCORES = ("cross_fit", "leave_one_out")  # see denoise.py
 
 
 @dataclass
@@ -24,6 +25,7 @@ class ScorerConfig:
     trim_fraction: float = 0.0  # drop this share of bank images with the highest cross-fitted image score (denoise.py); 0: off
     trim_rounds: int = 1  # >1: re-score against the images the previous round kept, so defects of one kind stop vouching for each other
     trim_fence: float = 0.0  # >0: of that share, drop only images above Q3 + fence * IQR of the log image scores; 0: the whole share
+    trim_score: str = "cross_fit"  # rank images by a half-size cross-fitted bank (cross_fit) or as calibration scores them (leave_one_out)
     denoise_fraction: float = 0.0  # drop this share of training patches farthest from the other images' (denoise.py); 0: off
     min_support: int = 1  # drop bank rows nearest to patches of fewer distinct training images (support.py); 1: off
     knn_chunk: int = 4096  # memory-bank rows per matmul in the nearest-neighbour search
@@ -51,6 +53,8 @@ class ScorerConfig:
             raise ValueError(f"projection {self.projection!r} needs feature_dim (the number of principal directions kept)")
         if not 0 <= self.trim_fraction < 1:
             raise ValueError(f"trim_fraction must be in [0, 1), got {self.trim_fraction}")
+        if self.trim_score not in TRIM_SCORES:
+            raise ValueError(f"trim_score must be one of {TRIM_SCORES}, got {self.trim_score!r}")
         if self.trim_rounds < 1:
             raise ValueError(f"trim_rounds must be >= 1 (1: one cross-fitted pass), got {self.trim_rounds}")
         if self.trim_fence < 0:

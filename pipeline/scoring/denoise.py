@@ -23,16 +23,24 @@ against the other half's images that survived the previous round, so the twins t
 caught no longer vouch. `trim_fence` > 0 makes the last round's cut data-driven: of the top
 `trim_fraction`, only images whose score sits above Q3 + fence * IQR of the log image scores are
 dropped (the rule of `calibration_fence`), so a clean list loses little or nothing.
+
+`trim_score: leave_one_out` ranks the images as the threshold calibration scores them instead
+(leave_one_out.py): a coreset of all (in later rounds: the kept) images, and each image's patches
+against it less the rows taken from that image, through the inspector's own map and reduction
+(upsampled, blurred, max). The reference is then the whole list rather than half of it, and the
+score is the smoothed one the test images get rather than one patch's raw distance.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from pipeline.metrics.calibration import calibration_outliers
 from pipeline.scoring.coreset import coreset_size, greedy_coreset
 from pipeline.scoring.knn import nearest_distance
+from pipeline.scoring.leave_one_out import leave_one_out_distances
 
 
 @torch.no_grad()
@@ -67,22 +75,50 @@ def cross_fit_distances(feats: torch.Tensor, n_images: int, bank_ratio: float, m
     return out.reshape(-1)
 
 
+@torch.no_grad()
+def leave_one_out_image_scores(feats: torch.Tensor, n_images: int, bank_ratio: float, max_bank: int, generator: torch.Generator,
+                               to_scores: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor | None = None,
+                               chunk: int = 4096, batch: int = 16, **coreset_kw) -> torch.Tensor:
+    """feats [n_images * P, D] (image-major) -> image scores [n_images]: each image's patches against a
+    coreset of the `reference` images' patches (bool [n_images]; all when None) less the rows taken
+    from that image, turned into scores by `to_scores` (distances [n, P] -> [n])."""
+    p, dim = feats.shape[0] // n_images, feats.shape[1]
+    if p * n_images != feats.shape[0]:
+        raise ValueError(f"{feats.shape[0]} patch rows do not split into {n_images} images")
+    ref = torch.arange(n_images) if reference is None else reference.nonzero().squeeze(1)
+    pool = feats.view(n_images, p, dim)[ref].reshape(-1, dim)  # [len(ref) * P, D]
+    sel = greedy_coreset(pool, coreset_size(pool.shape[0], bank_ratio, max_bank), generator=generator, **coreset_kw)
+    bank, row_image = pool[sel], ref.repeat_interleave(p)[sel]
+    out = []
+    for s in range(0, n_images, batch):
+        ids = torch.arange(s, min(s + batch, n_images))
+        d = leave_one_out_distances(feats[s * p : (s + len(ids)) * p], ids.repeat_interleave(p), bank, row_image, chunk)
+        out.append(to_scores(d.view(len(ids), p)))
+    return torch.cat(out)
+
+
 def image_keep_mask(feats: torch.Tensor, n_images: int, fraction: float, bank_ratio: float, max_bank: int,
-                    generator: torch.Generator, rounds: int = 1, fence: float = 0.0, **coreset_kw) -> torch.Tensor:
+                    generator: torch.Generator, rounds: int = 1, fence: float = 0.0,
+                    to_scores: Callable[[torch.Tensor], torch.Tensor] | None = None, **coreset_kw) -> torch.Tensor:
     """feats [n_images * P, D] (image-major) -> bool [n_images]: False for the floor(fraction * n_images)
     images with the largest cross-fitted patch distance (their most anomalous patch).
 
     rounds > 1: each round after the first scores every image against the other half's images the
     previous round kept (new halves each round; all rounds' halves are drawn first, from `generator`).
     fence > 0: the last round drops only those of its top share whose score is a Tukey outlier
-    (`calibration_outliers` over all image scores)."""
+    (`calibration_outliers` over all image scores).
+    to_scores (distances [n, P] -> image scores [n]): rank by `leave_one_out_image_scores` instead,
+    each round against a coreset of the images the previous round kept."""
     if rounds < 1:
         raise ValueError(f"trim rounds must be >= 1, got {rounds}")
-    perms = [torch.randperm(n_images, generator=generator) for _ in range(rounds)]
+    perms = [torch.randperm(n_images, generator=generator) for _ in range(rounds)] if to_scores is None else [None] * rounds
     keep = torch.ones(n_images, dtype=torch.bool)
     for perm in perms:
-        dist = cross_fit_distances(feats, n_images, bank_ratio, max_bank, generator, perm=perm, reference=keep, **coreset_kw)
-        scores = dist.view(n_images, -1).amax(dim=1)  # [n_images]
+        if to_scores is None:
+            dist = cross_fit_distances(feats, n_images, bank_ratio, max_bank, generator, perm=perm, reference=keep, **coreset_kw)
+            scores = dist.view(n_images, -1).amax(dim=1)  # [n_images]
+        else:
+            scores = leave_one_out_image_scores(feats, n_images, bank_ratio, max_bank, generator, to_scores, reference=keep, **coreset_kw)
         keep = keep_mask(scores, fraction)
     if fence > 0:
         keep |= torch.from_numpy(~calibration_outliers(scores.numpy(), fence))

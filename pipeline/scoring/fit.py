@@ -113,11 +113,17 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     coreset_kw = dict(proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
     n_img, trimmed, kept = len(bank_idx), [], bank_idx  # kept[i]: the image index of kept bank image i
     t_filter = 0.0
-    if cfg.trim_fraction > 0:  # whole images that look defective next to the other half: likely unlabeled defects
+    with torch.no_grad():
+        grid = tuple(probe.patch_channels(images[:1].float() / 255.0).shape[-2:])  # (h, w) patch grid
+    if cfg.trim_fraction > 0:  # whole images that look defective next to the others: likely unlabeled defects
         tf = time.perf_counter()
+        to_scores = None
+        if cfg.trim_score == "leave_one_out":  # distances [n, h*w] -> image scores [n], as the inspector makes them
+            def to_scores(d: torch.Tensor) -> torch.Tensor:
+                return probe.reduce(probe.distance_map(d.view(-1, 1, *grid)))
         keep_img = image_keep_mask(feats, n_img, cfg.trim_fraction, cfg.coreset_ratio, cfg.max_bank,
                                    torch.Generator().manual_seed(cfg.seed + 2), rounds=cfg.trim_rounds, fence=cfg.trim_fence,
-                                   **coreset_kw)  # [n_img]
+                                   to_scores=to_scores, **coreset_kw)  # [n_img]
         t_filter += time.perf_counter() - tf
         trimmed, n_img, kept = bank_idx[~keep_img].tolist(), int(keep_img.sum()), bank_idx[keep_img]
         feats = feats[keep_img[image_of]]  # still image-major, kept images only
@@ -152,8 +158,6 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     row_image = image_of[sel]  # [B] kept-image id of each bank row
     if loo:
         hold_idx = kept[calib]
-        with torch.no_grad():
-            grid = tuple(probe.patch_channels(images[:1].float() / 255.0).shape[-2:])
         maps = leave_one_out_maps(calib_feats, calib, feats[sel], row_image, grid, inspector.distance_map, chunk=cfg.knn_chunk)
         del calib_feats
     else:
