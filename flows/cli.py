@@ -50,7 +50,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: `quality` (pretr
 app.add_typer(bench_app, name="bench")
 
 _DATA_HELP = "An image folder, an MVTec AD category root, or a .json/.csv manifest."
-_CONFIG_HELP = "Shipped config name (default, imagenet-lite0, smoke) or a YAML file."
+_CONFIG_HELP = "Shipped config name (default, robust, imagenet-lite0, smoke) or a YAML file."
 _SKIP_BAD_HELP = "Skip unreadable images/masks with a warning instead of failing."
 _QUIET_HELP = "No progress bars."
 

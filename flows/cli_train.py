@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
     def train(
         data: list[Path] = typer.Argument(..., help="Data sources: image folders, MVTec AD roots, .json/.csv manifests."),
         product: str = typer.Option("default", "--product", "-p", help="Product or station id (registry and work folder)."),
-        config: str = typer.Option("default", "--config", "-c", help="Shipped config name (default, imagenet-lite0, smoke) or a YAML file."),
+        config: str = typer.Option("default", "--config", "-c", help="Shipped config name (default, robust, imagenet-lite0, smoke) or a YAML file."),
         epochs: Optional[int] = typer.Option(None, "--epochs", min=0, help="Override the config's pretraining epochs."),
         overrides: Optional[list[str]] = typer.Option(None, "--set", help="Config override dotted.key=value (repeatable), e.g. scorer.coreset_ratio=0.02."),
         feedback: Optional[list[Path]] = typer.Option(None, "--feedback", help="Feedback manifest from the review app (repeatable)."),

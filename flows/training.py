@@ -57,7 +57,7 @@ class TrainingParams(BaseModel):
 
     data: list[str] = Field(..., min_length=1, description="Data sources: image folders, MVTec AD roots, .json/.csv manifests.")
     product: str = Field("default", description="Product or station id: the registry and work folder it trains for.")
-    config: str = Field("default", description="Shipped config name (default, imagenet-lite0, smoke) or a YAML file.")
+    config: str = Field("default", description="Shipped config name (default, robust, imagenet-lite0, smoke) or a YAML file.")
     overrides: list[str] = Field(default_factory=list, description="Config overrides as dotted key=value, e.g. scorer.coreset_ratio=0.02 (YAML values).")
     epochs: Optional[int] = Field(None, ge=0, description="Override the config's pretraining epochs.")
     feedback: list[str] = Field(default_factory=list, description="Feedback manifests from the review app.")

@@ -99,11 +99,34 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def load_config(name_or_path: str | Path = "default", overrides: dict[str, Any] | None = None) -> LoupeConfig:
-    """A shipped config by name (`default`, `imagenet-lite0`, `smoke`) or a YAML file.
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts: `top`'s keys over `base`'s, section by section (lists and values replace)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
+
+def _extend(data: dict[str, Any], path: Path, seen: tuple[str, ...]) -> dict[str, Any]:
+    """`extends: NAME` (a shipped config or a YAML path): that config's settings under this file's."""
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if str(base) in seen:
+        raise ValueError(f"{path}: `extends: {base}` loops ({' -> '.join(seen)} -> {base})")
+    parent = to_dict(load_config(base, _seen=(*seen, str(base))))
+    parent.pop("name", None)
+    return _merge(parent, data)
+
+
+def load_config(name_or_path: str | Path = "default", overrides: dict[str, Any] | None = None, *,
+                _seen: tuple[str, ...] = ()) -> LoupeConfig:
+    """A shipped config by name (`default`, `robust`, `imagenet-lite0`, `smoke`) or a YAML file.
+
+    A file may start from another config (`extends: default`) and give only what differs.
     `overrides` uses dotted keys, e.g. {"pretrain.epochs": 3}.
     """
+    _seen = _seen or (str(name_or_path),)
     path = Path(name_or_path)
     if not path.suffix:
         path = CONFIG_DIR / f"{name_or_path}.yaml"
@@ -112,6 +135,7 @@ def load_config(name_or_path: str | Path = "default", overrides: dict[str, Any] 
     elif not path.is_file():
         raise ValueError(f"config file {path} does not exist")
     data = yaml.safe_load(path.read_text()) or {}
+    data = _extend(data, path, _seen)
     data.setdefault("name", path.stem)
     for dotted, value in (overrides or {}).items():
         node = data

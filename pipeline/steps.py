@@ -45,11 +45,14 @@ BENCH_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max", "per_class", "per
 
 
 def git_commit() -> str:
-    """Short commit of the working tree Loupe runs from, "+dirty" when modified; "unknown" outside git."""
+    """Short commit of the working tree Loupe runs from, "+dirty" when a tracked file outside benchmarks/results
+    is modified; "unknown" outside git."""
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+        # benchmark results are outputs: a run that appends to them leaves the code it measured clean
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
