@@ -95,14 +95,17 @@ def test_later_rounds_stop_twins_vouching_for_each_other() -> None:
     assert torch.nonzero(~many).flatten().tolist() == [3, 14]
 
 
-def test_one_odd_patch_condemns_its_whole_image() -> None:
-    """Trimming ranks images by their worst patch: one far-out patch in an otherwise normal image is enough."""
+@pytest.mark.parametrize("score", ["cross_fit", "leave_one_out"])
+def test_one_odd_patch_condemns_its_whole_image(score: str) -> None:
+    """Trimming ranks images by their worst patch: one far-out patch in an otherwise normal image is enough,
+    with either ranking (leave-one-out here with the worst patch as the image score)."""
     g = torch.Generator().manual_seed(4)
     n, p = 20, 16
     feats = torch.randn(n * p, 4, generator=g)
     feats[7 * p + 5] += 15.0
     feats[13 * p + 0] -= 15.0
-    keep = image_keep_mask(feats, n, 0.1, 0.5, 10_000, torch.Generator().manual_seed(0), proj_dim=0)
+    to_scores = (lambda dist: dist.amax(dim=1)) if score == "leave_one_out" else None
+    keep = image_keep_mask(feats, n, 0.1, 0.5, 10_000, torch.Generator().manual_seed(0), to_scores=to_scores, proj_dim=0)
     assert torch.nonzero(~keep).flatten().tolist() == [7, 13]
 
 
@@ -130,18 +133,6 @@ def test_leave_one_out_trim_matches_naive(n_images: int, p: int, d: int, fractio
     keep = image_keep_mask(feats, n_images, fraction, 1.0, 10_000, torch.Generator().manual_seed(seed), rounds=rounds,
                            to_scores=lambda dist: dist.amax(dim=1), proj_dim=0)
     assert set(torch.nonzero(~keep).flatten().tolist()) == naive_loo_trim(feats, n_images, fraction, rounds)
-
-
-def test_leave_one_out_trim_condemns_an_image_by_one_odd_patch() -> None:
-    """As with the cross-fitted ranking, one far-out patch in an otherwise normal image is enough (coreset of half the rows)."""
-    g = torch.Generator().manual_seed(4)
-    n, p = 20, 16
-    feats = torch.randn(n * p, 4, generator=g)
-    feats[7 * p + 5] += 15.0
-    feats[13 * p + 0] -= 15.0
-    keep = image_keep_mask(feats, n, 0.1, 0.5, 10_000, torch.Generator().manual_seed(0), to_scores=lambda dist: dist.amax(dim=1),
-                           proj_dim=0)
-    assert torch.nonzero(~keep).flatten().tolist() == [7, 13]
 
 
 def test_config_rejects_bad_trim_settings() -> None:
