@@ -108,10 +108,12 @@ def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 
 
 def _extend(data: dict[str, Any], path: Path, seen: tuple[str, ...]) -> dict[str, Any]:
-    """`extends: NAME` (a shipped config or a YAML path): that config's settings under this file's."""
+    """`extends: NAME` (a shipped config, or a YAML path relative to this file): that config's settings under this file's."""
     base = data.pop("extends", None)
     if base is None:
         return data
+    if Path(str(base)).suffix and not Path(str(base)).is_absolute():  # a file next to this one
+        base = str(path.parent / str(base))
     if str(base) in seen:
         raise ValueError(f"{path}: `extends: {base}` loops ({' -> '.join(seen)} -> {base})")
     parent = to_dict(load_config(base, _seen=(*seen, str(base))))

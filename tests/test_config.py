@@ -20,7 +20,7 @@ def test_extends_takes_the_base_and_overrides_only_what_it_names(tmp_path: Path)
                 assert got[section][k] == v, (section, k)
     # overrides still apply on top, and a file can extend a file that extends
     g = tmp_path / "line7b.yaml"
-    g.write_text(f"extends: {f}\nscorer:\n  blur_sigma: 5.0\n")
+    g.write_text("extends: line7.yaml\nscorer:\n  blur_sigma: 5.0\n")  # relative to g's folder, whatever the cwd
     assert load_config(g, {"scorer.seed": 3}).scorer.seed == 3
     assert load_config(g).scorer.blur_sigma == 5.0 and load_config(g).scorer.trim_fraction == 0.2
 
