@@ -104,7 +104,7 @@ def test_one_odd_patch_condemns_its_whole_image(score: str) -> None:
     feats = torch.randn(n * p, 4, generator=g)
     feats[7 * p + 5] += 15.0
     feats[13 * p + 0] -= 15.0
-    to_scores = (lambda dist: dist.amax(dim=1)) if score == "leave_one_out" else None
+    to_scores = (lambda dist: dist.flatten(1).amax(dim=1)) if score == "leave_one_out" else None
     keep = image_keep_mask(feats, n, 0.1, 0.5, 10_000, torch.Generator().manual_seed(0), to_scores=to_scores, proj_dim=0)
     assert torch.nonzero(~keep).flatten().tolist() == [7, 13]
 
@@ -131,7 +131,7 @@ def test_leave_one_out_trim_matches_naive(n_images: int, p: int, d: int, fractio
     """trim_score leave_one_out with the worst patch as the image score (to_scores = amax) against the naive reference."""
     feats = torch.randn(n_images * p, d, generator=torch.Generator().manual_seed(400 + seed))
     keep = image_keep_mask(feats, n_images, fraction, 1.0, 10_000, torch.Generator().manual_seed(seed), rounds=rounds,
-                           to_scores=lambda dist: dist.amax(dim=1), proj_dim=0)
+                           to_scores=lambda dist: dist.flatten(1).amax(dim=1), proj_dim=0)
     assert set(torch.nonzero(~keep).flatten().tolist()) == naive_loo_trim(feats, n_images, fraction, rounds)
 
 

@@ -40,7 +40,7 @@ import torch
 from pipeline.metrics.calibration import calibration_outliers
 from pipeline.scoring.coreset import coreset_size, greedy_coreset
 from pipeline.scoring.knn import nearest_distance
-from pipeline.scoring.leave_one_out import leave_one_out_distances
+from pipeline.scoring.leave_one_out import leave_one_out_maps
 
 
 @torch.no_grad()
@@ -77,29 +77,28 @@ def cross_fit_distances(feats: torch.Tensor, n_images: int, bank_ratio: float, m
 
 @torch.no_grad()
 def leave_one_out_image_scores(feats: torch.Tensor, n_images: int, bank_ratio: float, max_bank: int, generator: torch.Generator,
-                               to_scores: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor | None = None,
-                               chunk: int = 4096, batch: int = 16, **coreset_kw) -> torch.Tensor:
+                               to_scores: Callable[[torch.Tensor], torch.Tensor], grid: tuple[int, int] | None = None,
+                               reference: torch.Tensor | None = None, chunk: int = 4096, batch: int = 16,
+                               **coreset_kw) -> torch.Tensor:
     """feats [n_images * P, D] (image-major) -> image scores [n_images]: each image's patches against a
     coreset of the `reference` images' patches (bool [n_images]; all when None) less the rows taken
-    from that image, turned into scores by `to_scores` (distances [n, P] -> [n])."""
+    from that image (`leave_one_out_maps`, as the calibration scores them), turned into scores by
+    `to_scores` (distances [k, 1, h, w] -> [k]; `grid` (h, w) with h * w = P, (P, 1) when None)."""
     p, dim = feats.shape[0] // n_images, feats.shape[1]
     if p * n_images != feats.shape[0]:
         raise ValueError(f"{feats.shape[0]} patch rows do not split into {n_images} images")
+    grid = (p, 1) if grid is None else grid
     ref = torch.arange(n_images) if reference is None else reference.nonzero().squeeze(1)
     pool = feats.view(n_images, p, dim)[ref].reshape(-1, dim)  # [len(ref) * P, D]
     sel = greedy_coreset(pool, coreset_size(pool.shape[0], bank_ratio, max_bank), generator=generator, **coreset_kw)
-    bank, row_image = pool[sel], ref.repeat_interleave(p)[sel]
-    out = []
-    for s in range(0, n_images, batch):
-        ids = torch.arange(s, min(s + batch, n_images))
-        d = leave_one_out_distances(feats[s * p : (s + len(ids)) * p], ids.repeat_interleave(p), bank, row_image, chunk)
-        out.append(to_scores(d.view(len(ids), p)))
-    return torch.cat(out)
+    return leave_one_out_maps(feats, torch.arange(n_images), pool[sel], ref.repeat_interleave(p)[sel], grid, to_scores,
+                              chunk=chunk, batch=batch)
 
 
 def image_keep_mask(feats: torch.Tensor, n_images: int, fraction: float, bank_ratio: float, max_bank: int,
                     generator: torch.Generator, rounds: int = 1, fence: float = 0.0,
-                    to_scores: Callable[[torch.Tensor], torch.Tensor] | None = None, **coreset_kw) -> torch.Tensor:
+                    to_scores: Callable[[torch.Tensor], torch.Tensor] | None = None, grid: tuple[int, int] | None = None,
+                    **coreset_kw) -> torch.Tensor:
     """feats [n_images * P, D] (image-major) -> bool [n_images]: False for the floor(fraction * n_images)
     images with the largest cross-fitted patch distance (their most anomalous patch).
 
@@ -107,8 +106,8 @@ def image_keep_mask(feats: torch.Tensor, n_images: int, fraction: float, bank_ra
     previous round kept (new halves each round; all rounds' halves are drawn first, from `generator`).
     fence > 0: the last round drops only those of its top share whose score is a Tukey outlier
     (`calibration_outliers` over all image scores).
-    to_scores (distances [n, P] -> image scores [n]): rank by `leave_one_out_image_scores` instead,
-    each round against a coreset of the images the previous round kept."""
+    to_scores (distance grids [k, 1, h, w] -> image scores [k]; `grid` (h, w), (P, 1) when None): rank by
+    `leave_one_out_image_scores` instead, each round against a coreset of the images the previous round kept."""
     if rounds < 1:
         raise ValueError(f"trim rounds must be >= 1, got {rounds}")
     perms = [torch.randperm(n_images, generator=generator) for _ in range(rounds)] if to_scores is None else [None] * rounds
@@ -118,7 +117,8 @@ def image_keep_mask(feats: torch.Tensor, n_images: int, fraction: float, bank_ra
             dist = cross_fit_distances(feats, n_images, bank_ratio, max_bank, generator, perm=perm, reference=keep, **coreset_kw)
             scores = dist.view(n_images, -1).amax(dim=1)  # [n_images]
         else:
-            scores = leave_one_out_image_scores(feats, n_images, bank_ratio, max_bank, generator, to_scores, reference=keep, **coreset_kw)
+            scores = leave_one_out_image_scores(feats, n_images, bank_ratio, max_bank, generator, to_scores, grid, reference=keep,
+                                                **coreset_kw)
         keep = keep_mask(scores, fraction)
     if fence > 0:
         keep |= torch.from_numpy(~calibration_outliers(scores.numpy(), fence))

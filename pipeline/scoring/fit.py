@@ -118,12 +118,12 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     if cfg.trim_fraction > 0:  # whole images that look defective next to the others: likely unlabeled defects
         tf = time.perf_counter()
         to_scores = None
-        if cfg.trim_score == "leave_one_out":  # distances [n, h*w] -> image scores [n], as the inspector makes them
+        if cfg.trim_score == "leave_one_out":  # distances [k, 1, h, w] -> image scores [k], as the inspector makes them
             def to_scores(d: torch.Tensor) -> torch.Tensor:
-                return probe.reduce(probe.distance_map(d.view(-1, 1, *grid)))
+                return probe.reduce(probe.distance_map(d))
         keep_img = image_keep_mask(feats, n_img, cfg.trim_fraction, cfg.coreset_ratio, cfg.max_bank,
                                    torch.Generator().manual_seed(cfg.seed + 2), rounds=cfg.trim_rounds, fence=cfg.trim_fence,
-                                   to_scores=to_scores, **coreset_kw)  # [n_img]
+                                   to_scores=to_scores, grid=grid, **coreset_kw)  # [n_img]
         t_filter += time.perf_counter() - tf
         trimmed, n_img, kept = bank_idx[~keep_img].tolist(), int(keep_img.sum()), bank_idx[keep_img]
         feats = feats[keep_img[image_of]]  # still image-major, kept images only

@@ -61,7 +61,8 @@ def leave_one_out_maps(patch_feats: torch.Tensor, image_ids: torch.Tensor, bank:
     """patch_feats [n * h * w, D] (image-major: the n images to score), image_ids [n] (their ids
     in row_image's numbering), bank [B, D], row_image [B] -> raw maps [n, S, S] of those images
     against the bank less their own rows; `to_map` turns distances [k, 1, h, w] into maps
-    (`Inspector.distance_map`)."""
+    (`Inspector.distance_map`), or into anything else batched along dim 0 (image scores [k] for
+    the trim: denoise.leave_one_out_image_scores)."""
     h, w = grid
     per_image = patch_feats.view(len(image_ids), h * w, patch_feats.shape[1])  # [n, h*w, D]
     out = []
