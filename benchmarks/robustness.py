@@ -18,7 +18,7 @@ run ahead (`--manifests-only`, then `loupe pretrain WORK/contaminated.json --out
 likewise WORK/few50) and are reused when found in --work. `--set` overrides config keys
 (dotted, values parsed as YAML), e.g. `--set scorer.min_support=2`: with the same --work the
 pretrainings are reused and only the fits differ (fitted into RUN_DIR-fit-TAG). Writes
-benchmarks/results/robustness.json (one entry per config, `CONFIG/key=value,...` with --set).
+benchmarks/results/robustness.json (one entry per config, `CONFIG/key=value,...` with --set, or `--entry NAME`).
 """
 from __future__ import annotations
 
@@ -147,13 +147,16 @@ def main() -> None:
     ap.add_argument("--contamination-only", action="store_true",
                     help="only the contamination comparison (skips the full-test clean score and the few-image run)")
     ap.add_argument("--manifests-only", action="store_true", help="write the two derived manifests into --work and stop")
+    ap.add_argument("--entry", default=None,
+                    help="name of the robustness.json entry (default: CONFIG, or CONFIG/key=value,... with --set); "
+                         "e.g. a second machine's run of a config, beside the first")
     args = ap.parse_args()
     try:
         overrides = parse_overrides(args.overrides)
     except ValueError as err:
         raise SystemExit(f"--set: {err}") from None
     tag = _tag(overrides)
-    entry = args.config + (f"/{tag}" if tag else "")
+    entry = args.entry or args.config + (f"/{tag}" if tag else "")
     sfx = f"-{tag}" if tag else ""  # evaluation outputs of a --set run next to, not over, the plain run's
     work = args.work or Path(tempfile.mkdtemp(prefix="loupe-robust-"))
     work.mkdir(parents=True, exist_ok=True)
