@@ -81,6 +81,22 @@ def split_holdout(n: int, fraction: float, generator: torch.Generator) -> tuple[
     return perm[k:].sort().values, perm[:k].sort().values
 
 
+def bank_patch_features(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, progress: bool = False
+                        ) -> tuple[Inspector, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, tuple[int, int]]:
+    """Good images uint8 [N, C, S, S] -> (probe: an Inspector with a 1-row bank, for its maps; patch features
+    [N * h * w, D], image-major, projected as the bank will be; the learnt projection (weight [D, C_p],
+    bias [D]) or None; the patch grid (h, w))."""
+    probe = Inspector(encoder, cfg, bank_size=1).eval()
+    feats = extract_patch_features(probe, images, progress=progress, project=False)  # [P, C_p]
+    projection = None
+    if probe.learnt_projection:
+        projection = fit_pca(feats, probe.proj_weight.shape[0], whiten=cfg.projection == "whiten")
+        feats = torch.cat([torch.addmm(projection[1], x, projection[0].T) for x in feats.split(65536)])  # [P, D]
+    with torch.no_grad():
+        grid = tuple(probe.patch_channels(images[:1].float() / 255.0).shape[-2:])  # (h, w) patch grid
+    return probe, feats, projection, grid
+
+
 def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, progress: bool = True) -> FitResult:
     """Build a calibrated `Inspector` from good images uint8 [N, C, S, S].
 
@@ -101,20 +117,13 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
         bank_idx = torch.arange(images.shape[0])
     else:
         bank_idx, hold_idx = split_holdout(images.shape[0], cfg.holdout_fraction, g)
-    probe = Inspector(encoder, cfg, bank_size=1).eval()
-    feats = extract_patch_features(probe, images[bank_idx], progress=progress, project=False)  # [P, C_p]
-    projection = None
-    if probe.learnt_projection:
-        projection = fit_pca(feats, probe.proj_weight.shape[0], whiten=cfg.projection == "whiten")
-        feats = torch.cat([torch.addmm(projection[1], x, projection[0].T) for x in feats.split(65536)])  # [P, D]
+    probe, feats, projection, grid = bank_patch_features(encoder, images[bank_idx], cfg, progress=progress)  # feats [P, D]
     n_patches = feats.shape[0]
     per_image = n_patches // len(bank_idx)
     image_of = torch.arange(len(bank_idx)).repeat_interleave(per_image)  # [P]: bank image of each patch
     coreset_kw = dict(proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
     n_img, trimmed, kept = len(bank_idx), [], bank_idx  # kept[i]: the image index of kept bank image i
     t_filter = 0.0
-    with torch.no_grad():
-        grid = tuple(probe.patch_channels(images[:1].float() / 255.0).shape[-2:])  # (h, w) patch grid
     if cfg.trim_fraction > 0:  # whole images that look defective next to the others: likely unlabeled defects
         tf = time.perf_counter()
         to_scores = None
