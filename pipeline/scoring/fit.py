@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,22 @@ def split_holdout(n: int, fraction: float, generator: torch.Generator) -> tuple[
     return perm[k:].sort().values, perm[:k].sort().values
 
 
+TRIM_SEED_OFFSET = 2  # the trim's generator is seeded with scorer.seed + this (benchmarks/trim_ranking.py ranks as the fit does)
+
+
+def coreset_options(cfg: ScorerConfig) -> dict[str, Any]:
+    """The greedy coreset's keyword options (`greedy_coreset`, `image_keep_mask`) from the scorer config."""
+    return dict(proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
+
+
+def inspector_image_scores(probe: Inspector) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Patch distance grids [k, 1, h, w] -> image scores [k] as `probe` makes them (its map, then its reduction):
+    the leave-one-out trim's `to_scores`."""
+    def to_scores(d: torch.Tensor) -> torch.Tensor:
+        return probe.reduce(probe.distance_map(d))
+    return to_scores
+
+
 def bank_patch_features(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, progress: bool = False
                         ) -> tuple[Inspector, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None, tuple[int, int]]:
     """Good images uint8 [N, C, S, S] -> (probe: an Inspector with a 1-row bank, for its maps; patch features
@@ -121,17 +138,14 @@ def fit_inspector(encoder: Encoder, images: torch.Tensor, cfg: ScorerConfig, *, 
     n_patches = feats.shape[0]
     per_image = n_patches // len(bank_idx)
     image_of = torch.arange(len(bank_idx)).repeat_interleave(per_image)  # [P]: bank image of each patch
-    coreset_kw = dict(proj_dim=cfg.coreset_proj_dim, chunk_size=cfg.coreset_chunk, refine=cfg.coreset_refine)
+    coreset_kw = coreset_options(cfg)
     n_img, trimmed, kept = len(bank_idx), [], bank_idx  # kept[i]: the image index of kept bank image i
     t_filter = 0.0
     if cfg.trim_fraction > 0:  # whole images that look defective next to the others: likely unlabeled defects
         tf = time.perf_counter()
-        to_scores = None
-        if cfg.trim_score == "leave_one_out":  # distances [k, 1, h, w] -> image scores [k], as the inspector makes them
-            def to_scores(d: torch.Tensor) -> torch.Tensor:
-                return probe.reduce(probe.distance_map(d))
+        to_scores = inspector_image_scores(probe) if cfg.trim_score == "leave_one_out" else None
         keep_img = image_keep_mask(feats, n_img, cfg.trim_fraction, cfg.coreset_ratio, cfg.max_bank,
-                                   torch.Generator().manual_seed(cfg.seed + 2), rounds=cfg.trim_rounds, fence=cfg.trim_fence,
+                                   torch.Generator().manual_seed(cfg.seed + TRIM_SEED_OFFSET), rounds=cfg.trim_rounds, fence=cfg.trim_fence,
                                    to_scores=to_scores, grid=grid, **coreset_kw)  # [n_img]
         t_filter += time.perf_counter() - tf
         trimmed, n_img, kept = bank_idx[~keep_img].tolist(), int(keep_img.sum()), bank_idx[keep_img]
