@@ -150,7 +150,8 @@ def pretrain_step(
     summary = {
         "config": cfg.name, "method": cfg.pretrain.method, "epochs": cfg.pretrain.epochs, "n_images": len(samples),
         "data_fingerprint": fp, "init_weights": str(init) if init else None, "losses": result.losses,
-        "seconds": result.seconds, "images_per_second": result.images_per_second, "commit": git_commit(), "created": now(),
+        "seconds": result.seconds, "images_per_second": result.images_per_second, "precision": result.precision,
+        "commit": git_commit(), "created": now(),
         # to tell a reproduced encoder from a merely similar one, and on what it was trained
         "encoder_digest": state_digest(encoder), "machine": machine_info(),
     }
