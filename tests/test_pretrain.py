@@ -17,9 +17,11 @@ from pipeline.contrastive.pretrain import (
     ContrastiveModel,
     PretrainConfig,
     _enqueue,
+    _loss,
     _lr_at,
     load_encoder,
     pretrain,
+    resolve_precision,
 )
 from pipeline.contrastive.views import ViewConfig
 from pipeline.data.synthetic import make_surface
@@ -381,3 +383,54 @@ def test_channels_last_is_deterministic_and_trains_the_same_function(images: tor
     loaded, _ = load_encoder(tmp_path / "0" / ENCODER_FILE)
     x = images[:2].float() / 255.0
     assert all(torch.isfinite(t).all() for t in loaded.eval()(x))
+
+
+def test_precision_resolves_and_rejects_unknown_values() -> None:
+    """"auto" means bf16 exactly where oneDNN has native bf16 kernels; the explicit values pass through."""
+    native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        PretrainConfig(precision="fp16")
+
+
+def test_bf16_forward_keeps_float32_losses_near_the_float32_loss(images: torch.Tensor) -> None:
+    """Under precision bf16 only the model's forward runs in bfloat16: the loss is float32 and within
+    bfloat16 rounding (8 mantissa bits) of the float32 loss on the same batch and weights."""
+    from pipeline.contrastive.losses import PerturbationContrastLoss
+    from pipeline.contrastive.perturb import perturb
+    from pipeline.contrastive.views import render_views, sample_affines
+
+    cfg = _cfg("spotdiff", perturb=PerturbConfig(prob=1.0))
+    model = ContrastiveModel(_encoder(), cfg)
+    g = torch.Generator().manual_seed(0)
+    x = images[:4].float() / 255.0
+    t0 = sample_affines(4, cfg.views, g)
+    t1 = sample_affines(4, cfg.views, g, centers=t0[:, :, 2])
+    v0, v1 = render_views(x, t0, 32), render_views(x, t1, 32)
+    v1, pmask = perturb(v1, cfg.perturb, g)
+    args = (model, None, cfg, v0, v1, t0, t1, None, g, None, None, None, PerturbationContrastLoss(cfg.temperature), pmask)
+    full = _loss(*args)
+    half = _loss(*args, amp=torch.bfloat16)
+    assert full.dtype == half.dtype == torch.float32
+    assert torch.isfinite(half) and abs(half.item() - full.item()) < 0.05 * abs(full.item())
+    half.backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())  # master weights stay float32
+
+
+def test_bf16_pretraining_is_deterministic_and_records_its_precision(images: torch.Tensor, tmp_path: Path) -> None:
+    """Seeded bf16 runs repeat bit for bit; the encoder stays float32 and both the result and
+    encoder.pt say which precision ran."""
+    runs = []
+    for i in range(2):
+        enc = _encoder()
+        res = pretrain(images, enc, _cfg("densecl", epochs=2, precision="bf16", channels_last=True), tmp_path / str(i), progress=False)
+        runs.append((_clone_state(enc), res))
+    _assert_same(runs[0][0], runs[1][0])
+    assert runs[0][1].losses == runs[1][1].losses and all(math.isfinite(v) for v in runs[0][1].losses)
+    assert runs[0][1].precision == "bf16"
+    assert all(v.dtype != torch.bfloat16 for v in runs[0][0].values())
+    loaded, ckpt = load_encoder(tmp_path / "0" / ENCODER_FILE)
+    assert ckpt["precision"] == "bf16"
+    auto = pretrain(images, _encoder(), _cfg("densecl", precision="auto"), tmp_path / "auto", progress=False)
+    assert auto.precision == resolve_precision("auto", "cpu")
