@@ -65,16 +65,25 @@ def now() -> str:
 def machine_info() -> dict[str, Any]:
     """What a seeded CPU result depends on besides code and data: the same seed, config and thread count
     gave bit-identical encoders on one machine and a different one (MTD image AUROC 0.926 vs 0.936) on another CPU."""
-    cpu = platform.processor() or platform.machine()
+    from pipeline.contrastive.pretrain import resolve_precision
+
+    cpu, fields = platform.processor() or platform.machine(), {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "cpu family", "model") and key.strip() not in fields:
+                fields[key.strip()] = value.strip()
+            if not line.strip() and fields:  # the first processor's block is enough
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "platform": platform.platform()}
+    cpu = fields.get("model name", cpu)
+    # "AMD EPYC" names several generations: family and model tell them apart
+    model = f"family {fields['cpu family']} model {fields['model']}" if "cpu family" in fields and "model" in fields else None
+    return {"cpu": cpu, "cpu_model": model, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_native": resolve_precision("auto", "cpu") == "bf16",  # what pretrain.precision "auto" runs here
+            "platform": platform.platform()}
 
 
 def state_digest(module: torch.nn.Module) -> str:

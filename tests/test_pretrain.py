@@ -434,3 +434,13 @@ def test_bf16_pretraining_is_deterministic_and_records_its_precision(images: tor
     assert ckpt["precision"] == "bf16"
     auto = pretrain(images, _encoder(), _cfg("densecl", precision="auto"), tmp_path / "auto", progress=False)
     assert auto.precision == resolve_precision("auto", "cpu")
+
+
+def test_machine_info_records_what_auto_precision_runs() -> None:
+    """Records carry the CPU's family/model (one model name covers several generations) and whether
+    `precision: auto` runs bf16 on it, so a result can be matched to the kernels that produced it."""
+    from pipeline.steps import machine_info
+
+    info = machine_info()
+    assert info["bf16_native"] == (resolve_precision("auto", "cpu") == "bf16")
+    assert {"cpu", "cpu_model", "cpu_capability", "torch_threads"} <= info.keys()
