@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def parse_variant(spec: str) -> tuple[str, dict]:
     if not name or not sep:
         raise SystemExit(f"variant {spec!r}: expected NAME:key=value,... (or NAME: for the config as it is)")
     try:
-        return name, parse_overrides(filter(None, body.split(",")))
+        return name, parse_overrides(filter(None, re.split(r",(?![^\[]*\])", body)))  # commas inside [...] belong to a list
     except ValueError as err:
         # keys here are scorer keys without the `scorer.` prefix, whatever the shared message's example says
         raise SystemExit(f"variant {spec!r}: {err} (here: a scorer key, e.g. calibration=leave_one_out)") from None

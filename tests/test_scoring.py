@@ -212,6 +212,20 @@ def test_patch_features_shape_and_grouping() -> None:
         PatchFeatures([128, 256], feature_dim=100)
 
 
+def test_patch_features_tap_weights_scale_each_tap() -> None:
+    g = torch.Generator().manual_seed(1)
+    t1, t2, t3 = torch.randn(2, 8, 16, 16, generator=g), torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 6, 4, 4, generator=g)
+    plain = PatchFeatures([8, 4, 6], agg_kernel=3, agg_zero_pad=True)([t1, t2, t3])
+    weighted = PatchFeatures([8, 4, 6], agg_kernel=3, agg_zero_pad=True, tap_weights=[1.0, 2.0, 0.5])([t1, t2, t3])
+    # averaging and resampling are linear, so a tap's weight scales exactly its own channels
+    torch.testing.assert_close(weighted, plain * torch.tensor([1.0] * 8 + [2.0] * 4 + [0.5] * 6)[None, :, None, None])
+    assert PatchFeatures([8, 4, 6], tap_weights=[1, 1, 1]).tap_weights is None  # all ones: no multiply in the graph
+    with pytest.raises(ValueError, match="one weight per encoder tap"):
+        PatchFeatures([8, 4, 6], tap_weights=[1.0, 0.5])
+    with pytest.raises(ValueError, match="tap_weights"):
+        ScorerConfig(tap_weights=[1.0, 0.0])
+
+
 # --------------------------------------------------------------------------- split_holdout
 
 

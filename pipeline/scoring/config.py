@@ -16,6 +16,7 @@ class ScorerConfig:
     agg_zero_pad: bool = False  # True: border averages count the zero padding, as PatchCore does (see patch_features.py)
     feature_dim: int | None = None  # patch feature dims after `projection`; None keeps all channels
     projection: str = "group"  # group: average adjacent channels; pca / whiten: learnt on the bank images (projection.py)
+    tap_weights: list[float] | None = None  # scale of each encoder tap's features (patch_features.py); None: all 1
     grid_tap: int = 0  # patches live on this tap's grid (0: the finest); finer taps are average-pooled onto it
     coreset_ratio: float = 0.01  # fraction of training patches kept in the memory bank
     max_bank: int = 16384  # upper bound on memory-bank rows (latency and memory)
@@ -63,6 +64,8 @@ class ScorerConfig:
             raise ValueError(f"denoise_fraction must be in [0, 1), got {self.denoise_fraction}")
         if self.calibration_fence < 0:
             raise ValueError(f"calibration_fence must be >= 0 (0 calibrates on every held-out image), got {self.calibration_fence}")
+        if self.tap_weights is not None and any(not w > 0 for w in self.tap_weights):
+            raise ValueError(f"tap_weights must all be > 0 (one per encoder tap), got {self.tap_weights}")
         if self.min_support < 1:
             raise ValueError(f"min_support must be >= 1 (1 keeps every bank row), got {self.min_support}")
         if not 0 < self.coreset_ratio <= 1:

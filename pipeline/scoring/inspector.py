@@ -35,7 +35,8 @@ class Inspector(nn.Module):
         self.cfg = cfg
         self.encoder = encoder
         grouped_dim = cfg.feature_dim if cfg.projection == "group" else None
-        self.patches = PatchFeatures(encoder.tap_channels, cfg.agg_kernel, grouped_dim, cfg.grid_tap, cfg.agg_zero_pad)
+        self.patches = PatchFeatures(encoder.tap_channels, cfg.agg_kernel, grouped_dim, cfg.grid_tap, cfg.agg_zero_pad,
+                                     cfg.tap_weights)
         self.blur = GaussianBlur(cfg.blur_sigma)
         d = self.patches.dim
         self.learnt_projection = cfg.projection != "group"

@@ -22,8 +22,13 @@ class PatchFeatures(nn.Module):
     """
 
     def __init__(self, tap_channels: list[int], agg_kernel: int = 3, feature_dim: int | None = None, grid_tap: int = 0,
-                 agg_zero_pad: bool = False) -> None:
+                 agg_zero_pad: bool = False, tap_weights: list[float] | None = None) -> None:
         super().__init__()
+        if tap_weights is not None and len(tap_weights) != len(tap_channels):
+            raise ValueError(f"tap_weights {list(tap_weights)} must give one weight per encoder tap ({len(tap_channels)} taps)")
+        # each tap's features are scaled by its weight: a deep, coarse tap can add context to the
+        # distances without its coarse grid deciding them (None: all 1)
+        self.tap_weights = None if tap_weights is None or all(w == 1 for w in tap_weights) else [float(w) for w in tap_weights]
         self.agg_kernel = agg_kernel
         self.agg_zero_pad = agg_zero_pad
         self.grid_tap = grid_tap  # which tap's grid the patches live on (finer taps are average-pooled onto it)
@@ -38,7 +43,9 @@ class PatchFeatures(nn.Module):
         h, w = taps[self.grid_tap].shape[-2:]
         k = self.agg_kernel
         feats = []
-        for t in taps:
+        for i, t in enumerate(taps):
+            if self.tap_weights is not None:
+                t = t * self.tap_weights[i]
             if k > 1:
                 t = F.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=self.agg_zero_pad)
             if t.shape[-1] > w:  # finer tap: average its cells onto the patch grid
